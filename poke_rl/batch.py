@@ -1,0 +1,38 @@
+"""The batch the loader hands to the algorithms: a few large tensors, one per field."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+# Names of the per-transition arrays, as stored in a tensor shard (``<name>.npy``) and in a Batch.
+FIELDS = ("ids", "num", "next_ids", "next_num", "action", "reward", "done", "mask", "next_mask")
+
+
+class Batch(NamedTuple):
+    """B transitions. Dtypes are those of the shards; algorithms cast where they need to.
+
+    ids, next_ids: int16 [B, N_ID] categorical ids (s and s'); num, next_num: float32 [B, N_NUM];
+    action: int64 [B] in 0..9; reward: float32 [B]; done: bool [B]; mask, next_mask: bool [B, 10]
+    (a terminal row has an all-false next_mask and all-zero next features).
+    """
+
+    ids: torch.Tensor
+    num: torch.Tensor
+    next_ids: torch.Tensor
+    next_num: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    done: torch.Tensor
+    mask: torch.Tensor
+    next_mask: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self))
+
+    def pin_memory(self) -> Batch:
+        return Batch(*(t.pin_memory() for t in self))
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return int(self.action.shape[0])

@@ -1,0 +1,129 @@
+"""The ``poke-rl`` command line: a thin typer layer over library functions.
+
+Exit codes (DESIGN.md): 0 success; 2 bad usage or unusable input (``PokeRLError``); 1 anything
+else. Errors are one line on stderr; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from poke_rl import __version__
+from poke_rl.errors import PokeRLError
+
+app = typer.Typer(
+    name="poke-rl",
+    help="Offline RL for Pokemon Showdown: prep trajectory JSONL into shards, train BC/IQL/CQL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"poke-rl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """poke-rl: offline RL for Pokemon Showdown."""
+    _state["debug"] = debug
+
+
+def handle_errors(func: F) -> F:
+    """Map exceptions to DESIGN.md's exit codes with one clear line on stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except PokeRLError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI boundary turns any failure into exit 1
+            if _state["debug"]:
+                raise
+            typer.echo(
+                f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@handle_errors
+def prep(
+    inputs: list[str] = typer.Argument(
+        ..., help="Trajectory JSONL files (.jsonl, .jsonl.gz, .jsonl.zst), directories or globs."
+    ),
+    out: Path = typer.Argument(..., help="Output folder (created; swapped in atomically)."),
+    val_fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of battles in val."),
+    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    block_size: int = typer.Option(4096, min=1, help="Transitions per tensor block."),
+    force: bool = typer.Option(False, "--force", help="Rebuild everything even if up to date."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 2 on the first rejected line."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
+    from poke_rl.prep import PrepOptions, run_prep
+
+    options = PrepOptions(
+        val_fraction=val_fraction,
+        workers=workers,
+        block_size=block_size,
+        force=force,
+        strict=strict,
+        progress=progress,
+    )
+    run_prep(inputs, out, options)
+
+
+@app.command()
+@handle_errors
+def inspect(path: Path = typer.Argument(..., help="A shards folder or a checkpoint file.")) -> None:
+    """Summarise a shards folder (and verify its shards) or a checkpoint."""
+    if not path.exists():
+        raise PokeRLError(f"{path} does not exist")
+    if path.is_dir():
+        from poke_rl.manifest import inspect_shards
+
+        ok = inspect_shards(path)
+        if not ok:
+            raise typer.Exit(2)
+        return
+    from poke_rl.checkpoint import inspect_checkpoint
+
+    inspect_checkpoint(path)
+
+
+def run() -> None:
+    """Entry point that never shows a Python traceback unless --debug is given."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(run())
