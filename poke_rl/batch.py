@@ -34,5 +34,6 @@ class Batch(NamedTuple):
     def pin_memory(self) -> Batch:
         return Batch(*(t.pin_memory() for t in self))
 
-    def __len__(self) -> int:  # type: ignore[override]
+    @property
+    def size(self) -> int:
         return int(self.action.shape[0])
