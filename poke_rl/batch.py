@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -37,3 +38,35 @@ class Batch(NamedTuple):
     @property
     def size(self) -> int:
         return int(self.action.shape[0])
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a model needs to know of the features: one vocabulary name per id column, the size
+    of each vocabulary (embedding rows), and the width of the numeric array."""
+
+    id_vocabs: tuple[str, ...]
+    vocab_sizes: tuple[tuple[str, int], ...]
+    num_dim: int
+
+    @property
+    def num_ids(self) -> int:
+        return len(self.id_vocabs)
+
+    def vocab_size(self, name: str) -> int:
+        return dict(self.vocab_sizes)[name]
+
+    def to_dict(self) -> dict:
+        return {
+            "id_vocabs": list(self.id_vocabs),
+            "vocab_sizes": dict(self.vocab_sizes),
+            "num_dim": self.num_dim,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        return cls(
+            tuple(data["id_vocabs"]),
+            tuple(sorted((str(k), int(v)) for k, v in data["vocab_sizes"].items())),
+            int(data["num_dim"]),
+        )

@@ -391,3 +391,35 @@ def fields_markdown() -> str:
             bound = ""
         rows.append(f"| {spec.name} | {kind} | {bound} | {spec.block} | {spec.doc} |")
     return "\n".join(rows)
+
+
+def observation_arrow_fields(prefix: str) -> list:
+    """Arrow fields of one filled observation, flat: ``<prefix><name>`` per contract field."""
+    import pyarrow as pa
+
+    scalar = {"int": pa.int32(), "float": pa.float32(), "bool": pa.bool_()}
+    out = []
+    for spec in OBSERVATION_FIELDS:
+        dtype = scalar[spec.kind]
+        if spec.length is not None:
+            dtype = pa.list_(dtype, spec.length)
+        out.append(pa.field(prefix + spec.name, dtype, nullable=False))
+    return out
+
+
+def transition_arrow_schema():
+    """The schema of ``transitions/*.parquet`` (docs/ARCHITECTURE.md)."""
+    import pyarrow as pa
+
+    mask = pa.list_(pa.bool_(), NUM_ACTIONS)
+    head = [
+        pa.field("replay_id", pa.string(), nullable=False),
+        pa.field("player", pa.string(), nullable=False),
+        pa.field("t", pa.int32(), nullable=False),
+        pa.field("action", pa.int8(), nullable=False),
+        pa.field("reward", pa.float32(), nullable=False),
+        pa.field("done", pa.bool_(), nullable=False),
+        pa.field("mask", mask, nullable=False),
+        pa.field("next_mask", mask, nullable=False),
+    ]
+    return pa.schema(head + observation_arrow_fields("obs_") + observation_arrow_fields("next_obs_"))
