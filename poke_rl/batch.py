@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # torch stays out of prep's worker processes
+    import torch
 
 # Names of the per-transition arrays, as stored in a tensor shard (``<name>.npy``) and in a Batch.
 FIELDS = ("ids", "num", "next_ids", "next_num", "action", "reward", "done", "mask", "next_mask")
