@@ -423,3 +423,7 @@ def transition_arrow_schema():
         pa.field("next_mask", mask, nullable=False),
     ]
     return pa.schema(head + observation_arrow_fields("obs_") + observation_arrow_fields("next_obs_"))
+
+
+if __name__ == "__main__":  # regenerate the table in docs/TRAJECTORY.md
+    print(fields_markdown())
