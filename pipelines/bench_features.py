@@ -1,0 +1,196 @@
+"""Benchmark: observations featurised per second per core, columnar vs one dict at a time.
+
+    OMP_NUM_THREADS=1 python -m pipelines.bench_features [--rows N] [--reps R]
+
+Builds a realistic transition-Parquet-shaped Arrow table of N random valid observations (written
+to an in-memory Parquet file and read back, so bools are bit-packed and columns chunked by row
+group as prep reads them), then times, single-threaded:
+
+- columnar: ``columns_from_arrow`` + ``Preprocessor.transform_columns`` over the table's record
+  batches (what prep and rebuilds do);
+- seed baseline: the seed's ``FeaturePreprocessor`` way: per observation dict, small torch
+  tensors per field, normalised, concatenated (dicts prebuilt, not timed);
+- per-dict: ``Preprocessor.transform_observation`` (the live-play path; includes validation).
+
+Prints a Markdown table to paste into BENCHMARKS.md. Median (and best) of ``--reps`` interleaved repetitions.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load their thread pools
+
+import argparse  # noqa: E402
+import io  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+
+from poke_rl import schema  # noqa: E402
+from poke_rl.features import Feature, Preprocessor, columns_from_arrow  # noqa: E402
+
+
+def random_observation_table(rows: int, seed: int, row_group_rows: int = 65_536) -> pa.Table:
+    """``rows`` valid filled observations as ``obs_*`` columns, round-tripped through Parquet."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in schema.OBSERVATION_FIELDS:
+        shape = (rows,) if spec.length is None else (rows, spec.length)
+        if spec.kind == "bool":
+            values = rng.random(shape) < 0.2
+        elif spec.kind == "float":
+            values = rng.random(shape, dtype=np.float32)
+        elif spec.vocab is not None:
+            values = rng.integers(0, schema.VOCAB_SIZES[spec.vocab], shape, dtype=np.int32)
+        elif spec.name == "turn":
+            values = rng.integers(0, 400, shape, dtype=np.int32)
+        else:
+            values = rng.integers(int(spec.low), int(spec.high) + 1, shape, dtype=np.int32)
+        flat = pa.array(values.reshape(-1))
+        if spec.length is not None:
+            flat = pa.FixedSizeListArray.from_arrays(flat, spec.length)
+        arrays.append(flat)
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(schema.observation_arrow_fields("obs_")))
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=row_group_rows)
+    return pq.read_table(io.BytesIO(sink.getvalue()))
+
+
+def filled_dicts(table: pa.Table, rows: int) -> list[dict[str, Any]]:
+    """The first ``rows`` observations as plain dicts (field → scalar or list), as a seed would."""
+    prefix = len("obs_")
+    return [{k[prefix:]: v for k, v in row.items()} for row in table.slice(0, rows).to_pylist()]
+
+
+class SeedFeaturePreprocessor:
+    """The seed's per-sample path: per observation, small tensors per field, then concatenate."""
+
+    def __init__(self, table: tuple[Feature, ...]) -> None:
+        self.table = table
+
+    def __call__(self, obs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids: list[torch.Tensor] = []
+        num: list[torch.Tensor] = []
+        for feature in self.table:
+            for name in feature.sources:
+                value = obs[name]
+                if feature.encoding == "id":
+                    ids.append(torch.tensor(value, dtype=torch.long).reshape(-1))
+                    continue
+                x = torch.tensor(value, dtype=torch.float32).reshape(-1)
+                if feature.encoding == "scaled":
+                    num.append(x / feature.scale)
+                elif feature.encoding == "clipped":
+                    num.append(x.clamp(0, feature.clip) / feature.scale)
+                else:
+                    index = torch.tensor(value, dtype=torch.long).reshape(-1)
+                    onehot = torch.nn.functional.one_hot(index, feature.classes or 0)
+                    num.append(onehot[:, 1:].to(torch.float32).reshape(-1))  # class 0: zeros
+        return torch.cat(ids), torch.cat(num)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def interleaved_rates(
+    paths: dict[str, tuple[Callable[[], object], int]], reps: int
+) -> dict[str, tuple[float, float]]:
+    """Rows/s per path as (median, best) over ``reps``; paths take turns so noise hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(reps):
+        for name, (run, _rows) in paths.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: (rows / statistics.median(times[name]), rows / min(times[name]))
+        for name, (_run, rows) in paths.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="observations (columnar)")
+    parser.add_argument("--dict-rows", type=int, default=10_000, help="observations (per-dict)")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    torch.set_num_threads(1)
+    pre = Preprocessor()
+    table = random_observation_table(args.rows, args.seed)
+    batches = table.to_batches()
+    dict_rows = min(args.dict_rows, args.rows)
+    dicts = filled_dicts(table, dict_rows)
+    seed = SeedFeaturePreprocessor(pre.table)
+
+    # The three paths compute the same features: check before timing.
+    ids, num = pre.transform_arrow(table.slice(0, dict_rows))
+    seed_ids, seed_num = zip(*(seed(d) for d in dicts[:1000]), strict=True)
+    assert np.array_equal(torch.stack(seed_ids).numpy(), ids[:1000])
+    assert np.allclose(torch.stack(seed_num).numpy(), num[:1000], rtol=0, atol=1e-6)
+    one = [pre.transform_observation(d) for d in dicts[:1000]]
+    assert np.array_equal(np.stack([i for i, _ in one]), ids[:1000])
+    assert np.array_equal(np.stack([n for _, n in one]), num[:1000])
+
+    def columnar() -> None:
+        for batch in batches:
+            pre.transform_columns(columns_from_arrow(batch, "obs_"))
+
+    def columnar_transform_only() -> None:
+        for columns in prepared:
+            pre.transform_columns(columns)
+
+    prepared = [columns_from_arrow(batch, "obs_") for batch in batches]
+    seed_name = "seed baseline: per-dict torch tensors per field + cat"
+    results = interleaved_rates(
+        {
+            "columnar: `columns_from_arrow` + `transform_columns`": (columnar, args.rows),
+            "columnar: `transform_columns` only": (columnar_transform_only, args.rows),
+            "per-dict: `transform_observation` (validates)": (
+                lambda: [pre.transform_observation(d) for d in dicts],
+                dict_rows,
+            ),
+            seed_name: (lambda: [seed(d) for d in dicts], dict_rows),
+        },
+        args.reps,
+    )
+    baseline = results[seed_name][0]
+    command = f"OMP_NUM_THREADS=1 python -m pipelines.bench_features --rows {args.rows}"
+    if args.dict_rows != 10_000:
+        command += f" --dict-rows {args.dict_rows}"
+    print(f"Features (N_ID {pre.num_ids}, N_NUM {pre.num_dim}), single thread, median of reps")
+    print(f"`{command}`")
+    print(
+        f"({cpu_model()}, Python {sys.version.split()[0]}, "
+        f"numpy {np.__version__}, pyarrow {pa.__version__}, torch {torch.__version__})\n"
+    )
+    print(f"load average before the run: {load_before}\n")
+    print("| path | observations/s per core (median) | best rep | × seed baseline (medians) |")
+    print("|---|---:|---:|---:|")
+    for name, (median, best) in results.items():
+        print(f"| {name} | {median:,.0f} | {best:,.0f} | {median / baseline:,.1f} |")
+
+
+if __name__ == "__main__":
+    main()

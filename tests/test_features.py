@@ -1,0 +1,417 @@
+"""Tests for poke_rl/features.py: the table, both transform paths, Arrow input, the fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poke_rl import features, schema
+from poke_rl.batch import FIELDS, FeatureSpec
+from poke_rl.features import FeatureConfig, Preprocessor, columns_from_arrow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pre() -> Preprocessor:
+    return Preprocessor()
+
+
+# -- random raw observations (seeded): missing fields, short lists, out-of-vocab ids -----------
+
+
+def _random_scalar(spec: schema.ObsField, rng: np.random.Generator) -> Any:
+    if spec.kind == "bool":
+        return bool(rng.random() < 0.4)
+    if spec.kind == "float":
+        return float(rng.choice([0.0, 1.0, rng.random(), rng.random() * 1e-3]))
+    if spec.vocab is not None:
+        size = schema.VOCAB_SIZES[spec.vocab]
+        return int(rng.integers(-3, size + size // 8))  # some ids fall outside and map to 0
+    if spec.name == "turn":
+        return int(rng.choice([rng.integers(0, 400), rng.integers(0, 2**31 - 1)]))
+    return int(rng.integers(int(spec.low), int(spec.high) + 1))
+
+
+def random_observation(rng: np.random.Generator) -> dict[str, Any]:
+    obs: dict[str, Any] = {}
+    for spec in schema.OBSERVATION_FIELDS:
+        if rng.random() < 0.15:
+            continue  # missing
+        if spec.length is None:
+            obs[spec.name] = _random_scalar(spec, rng)
+        else:
+            length = spec.length if rng.random() < 0.7 else int(rng.integers(0, spec.length))
+            obs[spec.name] = [_random_scalar(spec, rng) for _ in range(length)]
+    if rng.random() < 0.05:
+        obs["unknown_extra_key"] = "ignored"
+    return obs
+
+
+def arrow_table(observations: list[dict[str, Any]], prefix: str = "obs_") -> pa.Table:
+    """A Parquet-like table of filled observations (as prep writes them)."""
+    filled = [schema.check_observation(obs).values for obs in observations]
+    arrays = {
+        field.name: pa.array([v[field.name[len(prefix) :]] for v in filled], type=field.type)
+        for field in schema.observation_arrow_fields(prefix)
+    }
+    return pa.table(arrays)
+
+
+@pytest.fixture(scope="module")
+def observations() -> list[dict[str, Any]]:
+    rng = np.random.default_rng(20240501)
+    return [random_observation(rng) for _ in range(4000)]
+
+
+def bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == np.float32:
+        return np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    return np.array_equal(a, b)
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def test_every_observation_field_is_used(pre: Preprocessor) -> None:
+    used = {name for feature in pre.table for name in feature.sources}
+    assert used == {spec.name for spec in schema.OBSERVATION_FIELDS}
+
+
+def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
+    assert (pre.num_ids, pre.num_dim) == (29, 70)
+    assert len(pre.id_vocabs) == pre.num_ids == len(pre.id_names())
+    assert len(pre.num_names()) == pre.num_dim
+    assert pre.id_vocabs.count("species") == 14 and pre.id_vocabs.count("status") == 8
+    assert pre.vocab_sizes == {
+        "move": 1024,
+        "species": 1536,
+        "status": 7,
+        "team": 128,
+        "terrain": 16,
+        "weather": 16,
+    }
+    layout = pre.layout()
+    assert tuple(layout) == FIELDS
+    assert layout["ids"] == layout["next_ids"] == {"shape": [29], "dtype": "int16"}
+    assert layout["num"] == layout["next_num"] == {"shape": [70], "dtype": "float32"}
+    assert layout["action"] == {"shape": [], "dtype": "int64"}
+    assert layout["reward"] == {"shape": [], "dtype": "float32"}
+    assert layout["done"] == {"shape": [], "dtype": "bool"}
+    assert layout["mask"] == layout["next_mask"] == {"shape": [10], "dtype": "bool"}
+    spec = pre.feature_spec()
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec
+    assert spec.num_ids == 29 and spec.num_dim == 70 and spec.vocab_size("move") == 1024
+    entry = pre.manifest_entry()
+    assert entry == {
+        "name": pre.name,
+        "version": 1,
+        "fingerprint": pre.fingerprint,
+        "features": layout,
+    }
+    assert pre.fingerprint.startswith("sha256:") and len(pre.fingerprint) == 7 + 64
+    offsets = [(d["array"], d["start"], d["width"]) for d in pre.describe()]
+    for array, total in (("ids", pre.num_ids), ("num", pre.num_dim)):
+        spans = sorted((s, w) for a, s, w in offsets if a == array)
+        assert spans[0][0] == 0 and sum(w for _, w in spans) == total
+        assert all(s1 + w1 == s2 for (s1, w1), (s2, _) in zip(spans[:-1], spans[1:], strict=True))
+
+
+def test_config_changes_the_table() -> None:
+    plain = Preprocessor(FeatureConfig(status_onehot=False, active_slot_onehot=False))
+    assert (plain.num_ids, plain.num_dim) == (30, 70 - 12 - 5)
+    assert plain.vocab_sizes["slot"] == 6
+    with pytest.raises(ValueError):
+        FeatureConfig(turn_scale=0.1)  # not float32-exact: the two paths could disagree
+    with pytest.raises(ValueError):
+        FeatureConfig(turn_clip=-1)
+
+
+def test_known_values(pre: Preprocessor) -> None:
+    obs = {
+        "turn": 450,
+        "team_id": 7,
+        "active_species_id": 25,
+        "opp_active_species_id": 5000,  # out of vocabulary → 0
+        "active_hp": 0.5,
+        "active_status": 3,
+        "opp_active_status": 6,
+        "team_hp": [1.0, 0.25],
+        "team_fainted": [False, True],
+        "active_boosts": [6, -3, 0, 0, 2],
+        "own_stealth_rock": True,
+        "opp_spikes": 3,
+        "own_toxic_spikes": 1,
+        "active_slot": 4,
+        "active_moves": [10, 20],
+        "weather_id": 2,
+    }
+    ids, num = pre.transform_observation(obs)
+    by_id = dict(zip(pre.id_names(), ids.tolist(), strict=True))
+    by_num = dict(zip(pre.num_names(), num.tolist(), strict=True))
+    assert by_id["team_id"] == 7 and by_id["active_species_id"] == 25
+    assert by_id["opp_active_species_id"] == 0
+    assert by_id["active_moves[1]"] == 20 and by_id["active_moves[2]"] == 0
+    assert by_id["active_status"] == 3 and by_id["opp_active_status"] == 6
+    assert by_id["weather_id"] == 2 and by_id["terrain_id"] == 0
+    assert by_num["turn"] == 3.0  # clipped at 300, / 100
+    assert by_num["active_hp"] == 0.5 and by_num["team_hp[1]"] == 0.25
+    assert by_num["team_hp[2]"] == 0.0
+    assert by_num["team_fainted[1]"] == 1.0 and by_num["team_fainted[0]"] == 0.0
+    assert by_num["active_boosts.atk"] == 1.0
+    assert by_num["active_boosts.def"] == np.float32(-0.5)
+    assert by_num["active_boosts.spe"] == np.float32(2 / 6)
+    assert by_num["own_stealth_rock"] == 1.0 and by_num["opp_stealth_rock"] == 0.0
+    assert by_num["opp_spikes"] == 1.0 and by_num["own_toxic_spikes"] == 0.5
+    assert [by_num[f"active_slot={i}"] for i in range(1, 6)] == [0, 0, 0, 1, 0]
+    status = [by_num[f"active_status={s}"] for s in features.STATUS_NAMES[1:]]
+    assert status == [0, 0, 1, 0, 0, 0]
+    assert by_num["opp_active_status=slp"] == 1.0 and by_num["opp_active_status=tox"] == 0.0
+    assert "active_status=none" not in by_num and "active_slot=0" not in by_num
+
+
+def test_zero_observation_gives_zero_features(pre: Preprocessor) -> None:
+    """A terminal row's next state (all zeros) featurises to all zeros, with no special case."""
+    ids, num = pre.transform_observation({})
+    assert not ids.any() and not num.any()
+    zero_columns = columns_from_arrow(arrow_table([{}] * 3), "obs_")
+    ids, num = pre.transform_columns(zero_columns)
+    assert not ids.any() and not num.any()
+
+
+# -- the two paths agree ----------------------------------------------------------------------
+
+
+def test_columnar_equals_per_dict_on_random_observations(
+    pre: Preprocessor, observations: list[dict[str, Any]]
+) -> None:
+    table = arrow_table(observations)
+    ids, num = pre.transform_columns(columns_from_arrow(table, "obs_"))
+    assert ids.shape == (len(observations), 29) and ids.dtype == np.int16
+    assert num.shape == (len(observations), 70) and num.dtype == np.float32
+    per_dict = [pre.transform_observation(obs) for obs in observations]
+    assert bitwise_equal(ids, np.stack([i for i, _ in per_dict]))
+    assert bitwise_equal(num, np.stack([n for _, n in per_dict]))
+    assert np.isfinite(num).all() and num.min() >= -1.0
+    # the random set really exercises what it claims to
+    assert any(len(obs) < len(schema.OBSERVATION_FIELDS) for obs in observations)
+    assert any(len(obs.get("team_hp", [0] * 6)) < 6 for obs in observations)
+
+
+def test_block_size_does_not_change_the_output(
+    pre: Preprocessor, observations: list[dict[str, Any]]
+) -> None:
+    columns = columns_from_arrow(arrow_table(observations[:500]), "obs_")
+    small = Preprocessor()
+    small.block_rows = 7
+    expected, got = pre.transform_columns(columns), small.transform_columns(columns)
+    assert bitwise_equal(expected[0], got[0]) and bitwise_equal(expected[1], got[1])
+    ids, num = pre.transform_columns({k: v[:0] for k, v in columns.items()})
+    assert ids.shape == (0, 29) and num.shape == (0, 70)
+    out = (np.full((500, 29), -1, np.int16), np.full((500, 70), np.nan, np.float32))
+    returned = pre.transform_columns(columns, out=out)
+    assert returned[0] is out[0] and returned[1] is out[1]
+    assert bitwise_equal(out[0], expected[0]) and bitwise_equal(out[1], expected[1])
+    with pytest.raises(ValueError, match="out"):
+        pre.transform_columns(columns, out=(out[0][:10], out[1][:10]))
+
+
+def _obs_strategy() -> st.SearchStrategy[dict[str, Any]]:
+    def value(spec: schema.ObsField) -> st.SearchStrategy[Any]:
+        if spec.kind == "bool":
+            return st.booleans()
+        if spec.kind == "float":
+            return st.floats(0.0, 1.0, allow_nan=False, allow_subnormal=True)
+        if spec.vocab is not None:
+            return st.integers(-5, schema.VOCAB_SIZES[spec.vocab] + 5)
+        return st.integers(int(spec.low), int(spec.high))
+
+    entries = {}
+    for spec in schema.OBSERVATION_FIELDS:
+        item = value(spec)
+        entries[spec.name] = item if spec.length is None else st.lists(item, max_size=spec.length)
+    return st.fixed_dictionaries({}, optional=entries)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    obs=_obs_strategy(),
+    config=st.sampled_from(
+        [
+            FeatureConfig(),
+            FeatureConfig(
+                turn_scale=64.0, turn_clip=50, status_onehot=False, active_slot_onehot=False
+            ),
+        ]
+    ),
+)
+def test_columnar_equals_per_dict_property(obs: dict[str, Any], config: FeatureConfig) -> None:
+    pre = Preprocessor(config)
+    filled = schema.check_observation(obs).values
+    columns = {}
+    for spec in schema.OBSERVATION_FIELDS:
+        dtype = {"int": np.int32, "float": np.float32, "bool": np.bool_}[spec.kind]
+        columns[spec.name] = np.array([filled[spec.name]], dtype=dtype)
+    ids, num = pre.transform_columns(columns)
+    one_ids, one_num = pre.transform_observation(obs)
+    assert bitwise_equal(ids[0], one_ids) and bitwise_equal(num[0], one_num)
+
+
+@pytest.mark.parametrize(
+    "obs, code",
+    [
+        ({"team_hp": [0.5] * 7}, "list_too_long"),
+        ({"active_hp": float("nan")}, "non_finite"),
+        ({"active_status": 7}, "out_of_range"),
+        ({"active_boosts": [0, 0, 0, 0, 0, 0, -7]}, "out_of_range"),
+        ({"turn": "3"}, "wrong_type"),
+        ({"team_fainted": [1]}, "wrong_type"),
+        ([1, 2], "wrong_type"),
+    ],
+)
+def test_invalid_observation_is_rejected(pre: Preprocessor, obs: Any, code: str) -> None:
+    with pytest.raises(schema.Rejection) as info:
+        pre.transform_observation(obs)
+    assert info.value.code == code
+
+
+def test_missing_or_misshapen_column_is_an_error(pre: Preprocessor) -> None:
+    columns = columns_from_arrow(arrow_table([{}, {}]), "obs_")
+    with pytest.raises(KeyError, match="team_hp"):
+        pre.transform_columns({k: v for k, v in columns.items() if k != "team_hp"})
+    with pytest.raises(ValueError, match="active_moves"):
+        pre.transform_columns({**columns, "active_moves": columns["active_moves"][:, :3]})
+
+
+# -- Arrow input -------------------------------------------------------------------------------
+
+
+def test_columns_from_arrow_honours_slices_chunks_and_prefix(
+    pre: Preprocessor, observations: list[dict[str, Any]]
+) -> None:
+    sample = observations[:300]
+    head = arrow_table(sample, "obs_")
+    nxt = arrow_table(sample[1:] + sample[:1], "next_obs_")
+    table = pa.Table.from_arrays(
+        head.columns + nxt.columns, names=head.column_names + nxt.column_names
+    )
+    expected_ids, expected_num = pre.transform_columns(columns_from_arrow(table, "obs_"))
+    next_ids, next_num = pre.transform_columns(columns_from_arrow(table, "next_obs_"))
+    assert bitwise_equal(next_ids[:-1], expected_ids[1:])
+    assert bitwise_equal(next_num[:-1], expected_num[1:])
+
+    part = table.slice(101, 57)  # a non-zero offset: `.values` would read the wrong rows
+    for data in (part, part.to_batches()[0]):
+        ids, num = pre.transform_columns(columns_from_arrow(data, "obs_"))
+        assert bitwise_equal(ids, expected_ids[101:158])
+        assert bitwise_equal(num, expected_num[101:158])
+
+    chunked = pa.concat_tables([table.slice(0, 100), table.slice(100, 1), table.slice(101)])
+    assert chunked.column("obs_team_hp").num_chunks == 3
+    ids, num = pre.transform_arrow(chunked, "obs_")
+    assert bitwise_equal(ids, expected_ids) and bitwise_equal(num, expected_num)
+
+
+def test_columns_from_arrow_is_zero_copy_for_numbers(observations: list[dict[str, Any]]) -> None:
+    batch = arrow_table(observations[:64]).to_batches()[0]
+    columns = columns_from_arrow(batch, "obs_")
+    hp_buffer = batch.column("obs_team_hp").flatten().buffers()[1]
+    assert np.shares_memory(columns["team_hp"], np.frombuffer(hp_buffer, dtype=np.float32))
+    assert columns["team_hp"].shape == (64, 6) and columns["team_hp"].dtype == np.float32
+    assert columns["turn"].dtype == np.int32 and columns["team_fainted"].dtype == np.bool_
+    with pytest.raises(KeyError, match="next_obs_turn"):
+        columns_from_arrow(batch, "next_obs_")
+
+
+# -- fingerprint -------------------------------------------------------------------------------
+
+
+def test_fingerprint_is_stable_across_instances_cwd_time_and_processes(
+    pre: Preprocessor, tmp_path: Path, monkeypatch
+) -> None:
+    assert (
+        Preprocessor().fingerprint == pre.fingerprint == Preprocessor(FeatureConfig()).fingerprint
+    )
+    code = "from poke_rl.features import Preprocessor; print(Preprocessor().fingerprint)"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "123"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == pre.fingerprint
+    monkeypatch.chdir(tmp_path)
+    assert Preprocessor().fingerprint == pre.fingerprint
+
+
+def test_fingerprint_changes_with_version_and_config(pre: Preprocessor) -> None:
+    class Bumped(Preprocessor):
+        version = 2
+
+    assert Bumped().fingerprint != pre.fingerprint
+    defaults = FeatureConfig()
+    changed = {
+        "turn_scale": 50.0,
+        "turn_clip": 301,
+        "status_onehot": False,
+        "active_slot_onehot": False,
+    }
+    assert set(changed) == {f.name for f in dataclasses.fields(FeatureConfig)}
+    seen = {pre.fingerprint}
+    for name, value in changed.items():
+        fingerprint = Preprocessor(dataclasses.replace(defaults, **{name: value})).fingerprint
+        assert fingerprint not in seen, name
+        seen.add(fingerprint)
+
+
+def test_fingerprint_changes_with_layout(pre: Preprocessor, monkeypatch) -> None:
+    layout = pre.layout()
+    layout["num"] = {"shape": [74], "dtype": "float32"}
+    monkeypatch.setattr(Preprocessor, "layout", lambda self: layout)
+    assert Preprocessor().fingerprint != pre.fingerprint
+
+
+def test_fingerprint_covers_every_source_byte(
+    pre: Preprocessor, tmp_path: Path, monkeypatch
+) -> None:
+    originals = features._source_paths()
+    assert {p.name for p in originals} == {"features.py", "schema.py"}
+    copies = []
+    for path in originals:
+        copy = tmp_path / path.name
+        shutil.copyfile(path, copy)
+        copies.append(copy)
+    monkeypatch.setattr(features, "_source_paths", lambda: tuple(copies))
+    # identical bytes somewhere else: the same fingerprint (the path does not count)
+    assert Preprocessor().fingerprint == pre.fingerprint
+    for copy in copies:
+        data = copy.read_bytes()
+        for position in (0, len(data) // 2, len(data) - 1):
+            edited = bytearray(data)
+            edited[position] ^= 0x01
+            copy.write_bytes(bytes(edited))
+            assert Preprocessor().fingerprint != pre.fingerprint, (copy.name, position)
+        copy.write_bytes(data)
+    assert Preprocessor().fingerprint == pre.fingerprint
+
+
+def test_block_rows_is_not_part_of_the_fingerprint(pre: Preprocessor) -> None:
+    other = Preprocessor()
+    other.block_rows = 3
+    assert other.fingerprint == pre.fingerprint
