@@ -21,6 +21,8 @@ NUM_ACTIONS = 10
 NUM_MOVES = 4
 TEAM_SIZE = 6
 REWARD_TOLERANCE = 1e-4
+# Rewards are stored as float32: a larger magnitude would become inf there.
+REWARD_LIMIT = 3.4028234663852886e38
 
 # Id vocabularies: an id outside [0, size) maps to 0 (unknown) and is counted, not rejected.
 VOCAB_SIZES: dict[str, int] = {
@@ -225,13 +227,23 @@ def _check_scalar(spec: ObsField, raw: Any, path: str) -> tuple[Any, int]:
             return 0, 1
         _check_range(spec, raw, path)
         return raw, 0
+    value = _finite_number(raw, path, spec.low, spec.high)
+    return value, 0
+
+
+def _finite_number(raw: Any, path: str, low: float | None, high: float | None) -> float:
+    """A JSON number as a finite float within [low, high], or a Rejection."""
     if not _is_number(raw):
         raise Rejection("wrong_type", f"{path} is {_type_name(raw)}, expected number")
-    value = float(raw)
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise Rejection("out_of_range", f"{path} is an integer beyond float range") from None
     if not math.isfinite(value):
         raise Rejection("non_finite", f"{path} is {value}")
-    _check_range(spec, value, path)
-    return value, 0
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise Rejection("out_of_range", f"{path} is {value}, expected {low}..{high}")
+    return value
 
 
 def _check_range(spec: ObsField, value: float, path: str) -> None:
@@ -317,11 +329,7 @@ def validate_trajectory(record: Any) -> CheckedTrajectory:
         for key, value in (("action_type", a_type), ("action_target", a_target)):
             if not _is_int(value):
                 raise Rejection("wrong_type", f"{where}.{key} is {_type_name(value)}, expected int")
-        reward = step["reward"]
-        if not _is_number(reward):
-            raise Rejection("wrong_type", f"{where}.reward is {_type_name(reward)}, expected number")
-        if not math.isfinite(float(reward)):
-            raise Rejection("non_finite", f"{where}.reward is {reward}")
+        reward = _finite_number(step["reward"], f"{where}.reward", -REWARD_LIMIT, REWARD_LIMIT)
         done = step["done"]
         if not isinstance(done, bool):
             raise Rejection("wrong_type", f"{where}.done is {_type_name(done)}, expected bool")
@@ -349,19 +357,16 @@ def validate_trajectory(record: Any) -> CheckedTrajectory:
                 repaired += 1
         observations.append(check.values)
         actions.append(action)
-        rewards.append(float(reward))
+        rewards.append(reward)
         masks.append(mask)
         ids_out += check.ids_out_of_range
         done_last = done
 
     total = record.get("total_reward")
     if total is not None:
-        if not _is_number(total):
-            raise Rejection("wrong_type", f"total_reward is {_type_name(total)}, expected number")
-        if not math.isfinite(float(total)):
-            raise Rejection("non_finite", f"total_reward is {total}")
-        step_sum = math.fsum(rewards)
-        if abs(step_sum - float(total)) > REWARD_TOLERANCE:
+        total = _finite_number(total, "total_reward", None, None)
+        step_sum = math.fsum(rewards)  # each |reward| <= float32 max: cannot overflow float64
+        if abs(step_sum - total) > REWARD_TOLERANCE:
             raise Rejection(
                 "total_reward_mismatch", f"total_reward {total} but steps sum to {step_sum:.6g}"
             )
