@@ -8,8 +8,10 @@ ustar headers and sorted members, so the same arrays always give byte-identical 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import mmap
 import os
 import tarfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -99,23 +101,38 @@ class _HashingWriter(io.RawIOBase):
         return len(data)
 
 
+@functools.lru_cache(maxsize=256)
+def _npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Parse a ``.npy`` header (cached: every block of a shard repeats the same few headers)."""
+    stream = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(stream)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    shape, fortran, dtype = read_header(stream)
+    return shape, fortran, dtype, stream.tell()
+
+
+def _npy_header_bytes(payload: bytes | memoryview) -> bytes:
+    head = bytes(payload[:12])
+    if len(head) >= 10 and head[6:7] == b"\x01":
+        return bytes(payload[: 10 + int.from_bytes(head[8:10], "little")])
+    if len(head) >= 12:
+        return bytes(payload[: 12 + int.from_bytes(head[8:12], "little")])
+    return head
+
+
 def npy_view(payload: bytes | memoryview, name: str = "array") -> np.ndarray:
     """Decode ``.npy`` bytes as a zero-copy read-only view on ``payload``."""
-    stream = io.BytesIO(payload)
     try:
-        version = np.lib.format.read_magic(stream)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(stream)
+        shape, fortran, dtype, offset = _npy_header(_npy_header_bytes(payload))
     except ValueError as exc:
         raise ShardError(f"{name}: bad .npy header ({exc})") from None
     if fortran or dtype.hasobject:
         raise ShardError(f"{name}: unsupported .npy layout")
     count = int(np.prod(shape)) if shape else 1
-    offset = stream.tell()
     if len(payload) - offset != count * dtype.itemsize:
         raise ShardError(
             f"{name}: .npy payload has {len(payload) - offset} bytes, "
@@ -129,41 +146,104 @@ def iter_blocks(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield the blocks of one shard as ``{field: array}`` views; raise ``ShardError`` naming it."""
     label = name or str(source)
-    opened = None
     if isinstance(source, (str, Path)):
+        # A local file is memory-mapped: blocks are views on the page cache, nothing is copied
+        # until the loader gathers rows (the mapping lives as long as a view does).
         try:
-            opened = open(source, "rb")
+            with open(source, "rb") as opened:
+                if os.fstat(opened.fileno()).st_size == 0:
+                    raise ShardError(f"shard {label} is empty")
+                mapped = mmap.mmap(opened.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as exc:
             raise ShardError(f"cannot open shard {label}: {exc.strerror}") from None
-        stream: IO[bytes] = opened
+        members: Iterator[tuple[str, bytes | memoryview]] = _mapped_members(
+            memoryview(mapped), label
+        )
     else:
-        stream = source
+        members = _streamed_members(source, label)
+    current_key: str | None = None
+    block: dict[str, np.ndarray] = {}
+    for member_name, payload in members:
+        key, _, rest = member_name.partition(".")
+        field = rest.removesuffix(".npy")
+        if key != current_key:
+            if block:
+                yield _complete(block, label, current_key)
+            current_key, block = key, {}
+        block[field] = npy_view(payload, f"shard {label} member {member_name}")
+    if block:
+        yield _complete(block, label, current_key)
+
+
+def _streamed_members(stream: IO[bytes], label: str) -> Iterator[tuple[str, bytes]]:
+    """``(name, payload)`` of a tar's regular files, read from a stream with tarfile."""
     try:
-        current_key: str | None = None
-        block: dict[str, np.ndarray] = {}
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                handle = tar.extractfile(member)
+                payload = handle.read() if handle is not None else b""
+                if len(payload) != member.size:
+                    raise ShardError(f"shard {label} is truncated inside {member.name}")
+                yield member.name, payload
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ShardError(f"shard {label} is truncated or corrupt ({exc})") from None
+
+
+def _mapped_members(data: memoryview, label: str) -> Iterator[tuple[str, memoryview]]:
+    """``(name, payload view)`` of a tar's regular files in memory: ustar headers (checksums
+    verified), with PAX ``path``/``size`` records and GNU long names; no copy of any payload."""
+    offset, pax, long_name = 0, {}, None
+    while offset + tarfile.BLOCKSIZE <= len(data):
+        header = bytes(data[offset : offset + tarfile.BLOCKSIZE])
+        if header == tarfile.NUL * tarfile.BLOCKSIZE:
+            return  # end-of-archive marker
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, _, rest = member.name.partition(".")
-                    field = rest.removesuffix(".npy")
-                    if key != current_key:
-                        if block:
-                            yield _complete(block, label, current_key)
-                        current_key, block = key, {}
-                    handle = tar.extractfile(member)
-                    payload = handle.read() if handle is not None else b""
-                    if len(payload) != member.size:
-                        raise ShardError(f"shard {label} is truncated inside {member.name}")
-                    block[field] = npy_view(payload, f"shard {label} member {member.name}")
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise ShardError(f"shard {label} is truncated or corrupt ({exc})") from None
-        if block:
-            yield _complete(block, label, current_key)
-    finally:
-        if opened is not None:
-            opened.close()
+            stored = int(header[148:156].rstrip(b" \0").decode() or "0", 8)
+            size = _tar_number(header[124:136])
+        except ValueError:
+            stored, size = -1, 0
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):  # checksum field as spaces
+            raise ShardError(f"shard {label} is corrupt: bad tar header at byte {offset}")
+        member_name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if header[257:262] == b"ustar" and header[345] != 0:
+            prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+            member_name = f"{prefix}/{member_name}"
+        kind = header[156:157]
+        size = int(pax.get("size", size)) if kind not in (b"x", b"g") else size
+        start = offset + tarfile.BLOCKSIZE
+        if start + size > len(data):
+            raise ShardError(f"shard {label} is truncated inside {member_name}")
+        payload = data[start : start + size]
+        offset = start + -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if kind == b"x":
+            pax = _pax_records(bytes(payload))
+        elif kind == b"L":
+            long_name = bytes(payload).split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif kind != b"g":
+            if kind in (b"0", b"\0", b"7"):
+                yield pax.get("path", long_name or member_name), payload
+            pax, long_name = {}, None
+    if any(bytes(data[offset:])):
+        raise ShardError(f"shard {label} is truncated inside a tar header at byte {offset}")
+
+
+def _tar_number(field: bytes) -> int:
+    if field[0] & 0x80:  # base-256 (GNU) for large sizes
+        return int.from_bytes(field[1:], "big")
+    return int(field.rstrip(b" \0").decode() or "0", 8)
+
+
+def _pax_records(payload: bytes) -> dict[str, str]:
+    records, position = {}, 0
+    while position < len(payload):
+        length_text, _, _ = payload[position : position + 20].partition(b" ")
+        length = int(length_text)
+        key, _, value = payload[position + len(length_text) + 1 : position + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "replace")
+        position += length
+    return records
 
 
 def _complete(block: dict[str, np.ndarray], label: str, key: str | None) -> dict[str, np.ndarray]:

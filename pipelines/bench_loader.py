@@ -1,0 +1,230 @@
+"""Loader benchmark: streaming shards into ready batches, against a RAM replay buffer and the seed.
+
+    python -m pipelines.bench_loader [--transitions 1000000] [--data bench-data/loader]
+
+Builds (once) shards of realistic widths under ``--data`` (git-ignored), then measures, on this
+machine in this run: transitions/s into ready ``Batch``es of 256 with 0, 1 and 2 workers; the
+ratio to an in-memory random gather of the same arrays (a replay buffer's way); the ratio to the
+seed's map-style Dataset (per-sample ``__getitem__`` + default collate, on a subset); RSS after
+each of 3 epochs; time to first batch; storage = shard bytes / raw array bytes. Medians of reps.
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from poke_rl import loader as L
+from poke_rl.batch import FIELDS, Batch
+from poke_rl.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
+from poke_rl.shards import iter_blocks, write_shard
+
+N_ID, N_NUM = 45, 150
+BLOCK_ROWS = 4096
+BLOCKS_PER_SHARD = 16
+BATCH = 256
+FINGERPRINT = "sha256:" + "0" * 64
+
+
+def make_block(rng: np.random.Generator, rows: int) -> dict[str, np.ndarray]:
+    ids = rng.integers(0, 1024, size=(rows, N_ID), dtype=np.int16)
+    num = rng.random((rows, N_NUM), dtype=np.float32)
+    mask = rng.random((rows, 10)) < 0.8
+    return {
+        "ids": ids,
+        "num": num,
+        "next_ids": np.roll(ids, -1, axis=0),
+        "next_num": np.roll(num, -1, axis=0),
+        "action": rng.integers(0, 10, size=rows, dtype=np.int64),
+        "reward": rng.standard_normal(rows, dtype=np.float32),
+        "done": rng.random(rows) < 0.03,
+        "mask": mask,
+        "next_mask": np.roll(mask, -1, axis=0),
+    }
+
+
+def build(out: Path, transitions: int) -> dict:
+    """Shards of ``transitions`` random transitions (built once; reused if the manifest matches)."""
+    if (out / MANIFEST_NAME).is_file():
+        manifest = load_manifest(out)
+        if manifest["splits"]["train"]["transitions"] == transitions:
+            return manifest
+    (out / "tensors").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shards, left, index = [], transitions, 0
+    while left > 0:
+        sizes = []
+        while left > 0 and len(sizes) < BLOCKS_PER_SHARD:
+            sizes.append(min(BLOCK_ROWS, left))
+            left -= sizes[-1]
+        relative = f"tensors/train-{index:06d}.tar"
+        size, digest = write_shard(out / relative, (make_block(rng, rows) for rows in sizes))
+        shards.append({"path": relative, "transitions": sum(sizes), "bytes": size, "sha256": digest})
+        index += 1
+    manifest = {
+        "format_version": 1,
+        "preprocessor": {"name": "bench", "version": 1, "fingerprint": FINGERPRINT, "features": {}},
+        "inputs": [],
+        "counts": {"transitions": transitions},
+        "splits": {"train": {"transitions": transitions, "shards": shards},
+                   "val": {"transitions": 0, "shards": []}},
+        "val_fraction": 0.0,
+        "block_size": BLOCK_ROWS,
+    }
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process and its children (DataLoader workers), from /proc."""
+    me = os.getpid()
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(entry) == me or int(stat[1]) == me:
+                total += int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+def bench_loader(data: Path, workers: int, epochs: int) -> dict:
+    """Epoch rates (transitions/s into ready batches), time to first batch, RSS per epoch."""
+    start = time.perf_counter()
+    config = L.LoaderConfig(batch_size=BATCH, num_workers=workers, seed=1)
+    loader = L.train_loader(data, FINGERPRINT, config)
+    rates, rss, first_batch_s = [], [], None
+    for _ in range(epochs):
+        epoch_start = time.perf_counter()
+        rows = 0
+        for batch in loader:
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - start
+            rows += batch.size
+        rates.append(rows / (time.perf_counter() - epoch_start))
+        rss.append(rss_bytes())
+    del loader
+    return {"rates": rates, "first_batch_s": first_batch_s, "rss": rss}
+
+
+def load_arrays(data: Path, manifest: dict) -> dict[str, np.ndarray]:
+    """The whole split as one array per field, in RAM (what a replay buffer holds)."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
+    for entry in manifest["splits"]["train"]["shards"]:
+        for block in iter_blocks(data / entry["path"]):
+            for name in FIELDS:
+                parts[name].append(np.array(block[name]))
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def bench_random_gather(arrays: dict[str, np.ndarray], reps: int) -> list[float]:
+    """A replay buffer's way: fancy-index 256 random rows of the whole arrays, to tensors."""
+    rows = len(arrays["action"])
+    rng = np.random.default_rng(0)
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(rows // BATCH):
+            index = rng.integers(0, rows, size=BATCH)
+            Batch(*(torch.from_numpy(arrays[name][index]) for name in FIELDS))
+        rates.append(rows // BATCH * BATCH / (time.perf_counter() - start))
+    return rates
+
+
+class SeedDataset(torch.utils.data.Dataset):
+    """The seed's way: one transition per ``__getitem__``, preprocessed per sample, as a dict."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays["action"])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        a = self.arrays
+        return {
+            "ids": torch.tensor(a["ids"][index].astype(np.int64)),
+            "num": torch.tensor(np.clip(a["num"][index], -10.0, 10.0)),
+            "next_ids": torch.tensor(a["next_ids"][index].astype(np.int64)),
+            "next_num": torch.tensor(np.clip(a["next_num"][index], -10.0, 10.0)),
+            "action": torch.tensor(int(a["action"][index])),
+            "reward": torch.tensor(float(a["reward"][index])),
+            "done": torch.tensor(bool(a["done"][index])),
+            "mask": torch.tensor(a["mask"][index]),
+            "next_mask": torch.tensor(a["next_mask"][index]),
+        }
+
+
+def bench_seed(arrays: dict[str, np.ndarray], subset: int, reps: int) -> list[float]:
+    small = {name: array[:subset] for name, array in arrays.items()}
+    dataloader = torch.utils.data.DataLoader(
+        SeedDataset(small), batch_size=BATCH, shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    rates = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        rows = sum(len(batch["action"]) for batch in dataloader)
+        rates.append(rows / (time.perf_counter() - start))
+    return rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--transitions", type=int, default=1_000_000)
+    parser.add_argument("--data", type=Path, default=Path("bench-data/loader"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seed-subset", type=int, default=20_000)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    started = time.perf_counter()
+    manifest = build(args.data, args.transitions)
+    print(f"shards ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    shard_bytes = sum(e["bytes"] for e in manifest["splits"]["train"]["shards"])
+
+    results = {}
+    for workers in args.workers:
+        results[workers] = bench_loader(args.data, workers, args.epochs)
+        print(f"workers {workers}: {results[workers]}", file=sys.stderr)
+
+    arrays = load_arrays(args.data, manifest)
+    raw_bytes = sum(array.nbytes for array in arrays.values())
+    gather = statistics.median(bench_random_gather(arrays, args.epochs))
+    seed = statistics.median(bench_seed(arrays, args.seed_subset, 2))
+    del arrays
+
+    command = "python -m pipelines.bench_loader " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"\n`{command.strip()}` — {args.transitions:,} transitions × {raw_bytes // args.transitions:,} B, "
+          f"batch {BATCH}, {os.cpu_count()} CPUs, torch {torch.__version__}\n")
+    print("| measure | value | aim |")
+    print("|---|---|---|")
+    print(f"| in-memory random gather (RAM replay buffer) | {gather / 1e6:.2f} M/s | |")
+    print(f"| seed map-style Dataset, {args.seed_subset:,}-row subset, 0 workers | {seed / 1e3:.1f} k/s | |")
+    best = 0.0
+    for workers, result in results.items():
+        rate = statistics.median(result["rates"])
+        best = max(best, rate)
+        rss = " → ".join(f"{r / 2**20:.0f}" for r in result["rss"])
+        print(f"| loader, {workers} workers | {rate / 1e6:.2f} M/s = {rate / gather:.2f} × gather, "
+              f"{rate / seed:.0f} × seed | ≥ 1.0 × (0.5 min), ≥ 100 × |")
+        print(f"| loader, {workers} workers: first batch / RSS per epoch (MiB) | "
+              f"{result['first_batch_s']:.2f} s / {rss} | flat |")
+    print(f"| best loader / gather | {best / gather:.2f} × | ≥ 1.0 × |")
+    print(f"| storage: shard bytes / raw array bytes | {shard_bytes / raw_bytes:.4f} | ≤ 1.1 |")
+
+
+if __name__ == "__main__":
+    main()
