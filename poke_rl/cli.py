@@ -120,6 +120,64 @@ def inspect(path: Path = typer.Argument(..., help="A shards folder or a checkpoi
     inspect_checkpoint(path)
 
 
+@app.command()
+@handle_errors
+def train(
+    shards: Path = typer.Argument(..., help="A prep output folder (with manifest.json)."),
+    algo: str = typer.Option(None, "--algo", help="iql (default), cql or bc."),
+    steps: int = typer.Option(None, min=1, help="Updates to run (default 100000)."),
+    batch_size: int = typer.Option(None, min=1, help="Transitions per update and rank (256)."),
+    lr: float = typer.Option(None, help="Peak learning rate of every optimiser (3e-4)."),
+    warmup_steps: int = typer.Option(None, min=0, help="Linear warmup steps (1000)."),
+    run_dir: Path = typer.Option(None, help="Run folder (runs/<algo>-<time>)."),
+    init_from: Path = typer.Option(None, help="BC checkpoint to initialise IQL's policy from."),
+    resume: bool = typer.Option(False, "--resume", help="Continue --run-dir from its last.pt."),
+    device: str = typer.Option(None, help="auto (CUDA when available), cpu or cuda."),
+    seed: int = typer.Option(None, help="Seed of the networks and the data order (0)."),
+    log_every: int = typer.Option(None, min=1, help="Steps per metrics.jsonl line (100)."),
+    eval_every: int = typer.Option(None, min=0, help="Steps between validations (2000)."),
+    save_every: int = typer.Option(None, min=0, help="Steps between last.pt saves (5000)."),
+    workers: int = typer.Option(None, min=0, help="DataLoader worker processes (0)."),
+    config: Path = typer.Option(None, "--config", help="TOML file with any of these options."),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train BC, IQL or CQL on prepped shards; writes RUN/{config.json,metrics.jsonl,tb,checkpoints}."""
+    from poke_rl.train import DivergedError
+    from poke_rl.train import train as run_training
+
+    options = {
+        "algo": algo, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "warmup_steps": warmup_steps, "run_dir": str(run_dir) if run_dir else None,
+        "init_from": str(init_from) if init_from else None, "device": device, "seed": seed,
+        "log_every": log_every, "eval_every": eval_every, "save_every": save_every,
+        "workers": workers, "progress": progress,
+    }
+    try:
+        run_training(shards, options, config_file=config, resume=resume)
+    except DivergedError as exc:  # not the user's input: exit 1, with the one-line reason
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (RUN/checkpoints/best.pt, ...)."),
+    shards: Path = typer.Argument(..., help="A prep output folder; its val split is used."),
+    max_batches: int = typer.Option(0, min=0, help="Cap on val batches (0: the whole split)."),
+    batch_size: int = typer.Option(None, min=1, help="Val batch size (the run's by default)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Offline metrics of a checkpoint on the val split: action match, Q, entropy, TD error."""
+    from poke_rl.evaluate import evaluate_checkpoint, print_report
+
+    report = evaluate_checkpoint(checkpoint, shards, max_batches, batch_size, device)
+    print_report(report, as_json=as_json)
+
+
 def run() -> None:
     """Entry point that never shows a Python traceback unless --debug is given."""
     app()

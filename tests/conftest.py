@@ -1,0 +1,116 @@
+"""Shared test fixtures: tiny prep outputs for the trainer, the evaluator and the loader.
+
+``write_synthetic_shards`` writes a valid prep output (manifest + tensor shards in the installed
+preprocessor's layout) straight from numpy, without prep: fast, deterministic, and independent of
+the JSONL path. The action is a function of the features (the argmax of a few numeric columns
+among the legal actions), so a policy can learn it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from poke_rl.batch import FIELDS
+from poke_rl.features import Preprocessor
+from poke_rl.manifest import write_json_atomic
+from poke_rl.shards import write_shard
+
+NUM_ACTIONS = 10
+
+
+def _states(rng: np.random.Generator, rows: int, pre: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
+    layout = pre.layout()
+    vocab = pre.feature_spec()
+    high = np.array([vocab.vocab_size(name) for name in vocab.id_vocabs])
+    ids = (rng.integers(0, 1 << 30, size=(rows, layout["ids"]["shape"][0])) % high).astype(np.int16)
+    num = rng.random((rows, layout["num"]["shape"][0]), dtype=np.float32)
+    return ids, num
+
+
+def _block(rng: np.random.Generator, rows: int, pre: Preprocessor) -> dict[str, np.ndarray]:
+    ids, num = _states(rng, rows, pre)
+    next_ids, next_num = _states(rng, rows, pre)
+    mask = rng.random((rows, NUM_ACTIONS)) < 0.7
+    mask[np.arange(rows), rng.integers(0, NUM_ACTIONS, rows)] = True
+    scores = np.where(mask, num[:, :NUM_ACTIONS], -np.inf)
+    action = scores.argmax(axis=1).astype(np.int64)
+    done = rng.random(rows) < 0.1
+    reward = np.where(done, rng.choice([-1.0, 1.0], rows), 0.0).astype(np.float32)
+    next_mask = rng.random((rows, NUM_ACTIONS)) < 0.7
+    next_mask[np.arange(rows), rng.integers(0, NUM_ACTIONS, rows)] = True
+    next_mask[done] = False
+    next_ids[done] = 0
+    next_num[done] = 0.0
+    return {
+        "ids": ids, "num": num, "next_ids": next_ids, "next_num": next_num, "action": action,
+        "reward": reward, "done": done, "mask": mask, "next_mask": next_mask,
+    }
+
+
+def write_synthetic_shards(
+    out: Path,
+    *,
+    train_shards: int = 2,
+    val_shards: int = 1,
+    blocks_per_shard: int = 2,
+    block_size: int = 256,
+    seed: int = 0,
+    fingerprint: str | None = None,
+) -> Path:
+    """A prep output in ``out`` with the given shard counts; returns ``out``."""
+    pre = Preprocessor()
+    rng = np.random.default_rng(seed)
+    (out / "tensors").mkdir(parents=True, exist_ok=True)
+    splits: dict[str, Any] = {}
+    for split, count in (("train", train_shards), ("val", val_shards)):
+        entries = []
+        for index in range(count):
+            blocks = [_block(rng, block_size, pre) for _ in range(blocks_per_shard)]
+            assert set(blocks[0]) == set(FIELDS)
+            relative = f"tensors/{split}-{index:06d}.tar"
+            size, digest = write_shard(out / relative, blocks)
+            rows = block_size * blocks_per_shard
+            entries.append({"path": relative, "transitions": rows, "bytes": size, "sha256": digest})
+        splits[split] = {"transitions": sum(e["transitions"] for e in entries), "shards": entries}
+    entry = pre.manifest_entry()
+    if fingerprint is not None:
+        entry = {**entry, "fingerprint": fingerprint}
+    transitions = sum(s["transitions"] for s in splits.values())
+    write_json_atomic(
+        out / "manifest.json",
+        {
+            "format_version": 1,
+            "preprocessor": entry,
+            "inputs": [{"path": "synthetic.jsonl", "bytes": 0, "sha256": "sha256:0"}],
+            "counts": {"trajectories": 0, "rejected": 0, "transitions": transitions,
+                       "terminal": 0, "truncated": 0, "masks_repaired": 0, "ids_out_of_range": 0},
+            "splits": splits,
+            "val_fraction": 0.2,
+            "block_size": block_size,
+        },
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 train shards x 2 blocks x 256 transitions, 1 val shard; read-only for tests."""
+    return write_synthetic_shards(tmp_path_factory.mktemp("shards") / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def prepped_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real path: ``pipelines.generate`` writes 40 battles, ``run_prep`` builds the shards."""
+    from pipelines.generate import GenConfig, write_corpus
+    from poke_rl.prep import PrepOptions, run_prep
+
+    root = tmp_path_factory.mktemp("prepped")
+    corpus = root / "corpus.jsonl"
+    write_corpus(corpus, GenConfig(battles=40, seed=1))
+    out = root / "shards"
+    run_prep([str(corpus)], out, PrepOptions(val_fraction=0.25, block_size=256, progress=False))
+    return out
