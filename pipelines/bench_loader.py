@@ -5,7 +5,8 @@
 Builds (once) shards of realistic widths under ``--data`` (git-ignored), then measures, on this
 machine in this run: transitions/s into ready ``Batch``es of 256 with 0, 1 and 2 workers; the
 ratio to an in-memory random gather of the same arrays (a replay buffer's way); the ratio to the
-seed's map-style Dataset (per-sample ``__getitem__`` + default collate, on a subset); RSS after
+seed's map-style Dataset (raw observation dicts featurised per sample in ``__getitem__``,
+per-sample default collate, on a subset); RSS after
 each of 3 epochs; time to first batch; storage = shard bytes / raw array bytes. Medians of reps.
 Prints a Markdown table.
 """
@@ -22,9 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.bench_features import SeedFeaturePreprocessor
+from pipelines.generate import GenConfig, iter_records
 from poke_rl import loader as L
 from poke_rl.batch import FIELDS, Batch
+from poke_rl.features import FeatureConfig, feature_table
 from poke_rl.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
+from poke_rl.schema import check_observation
 from poke_rl.shards import iter_blocks, write_shard
 
 N_ID, N_NUM = 45, 150
@@ -143,33 +148,52 @@ def bench_random_gather(arrays: dict[str, np.ndarray], reps: int) -> list[float]
 
 
 class SeedDataset(torch.utils.data.Dataset):
-    """The seed's way: one transition per ``__getitem__``, preprocessed per sample, as a dict."""
+    """The seed's ``OfflineRLDataset``: a Python list of transition dicts holding raw observation
+    dicts; every ``__getitem__`` featurises s and s' (the seed's per-sample ``FeaturePreprocessor``,
+    as in ``pipelines.bench_features``) and one-hot encodes the action."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
+    def __init__(self, transitions: list[dict], preprocess: SeedFeaturePreprocessor) -> None:
+        self.transitions = transitions
+        self.preprocess = preprocess
 
     def __len__(self) -> int:
-        return len(self.arrays["action"])
+        return len(self.transitions)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        a = self.arrays
+        t = self.transitions[index]
+        ids, num = self.preprocess(t["state"])
+        next_ids, next_num = self.preprocess(t["next_state"])
+        action = t["action_target"] + (4 if t["action_type"] == 1 else 0)
         return {
-            "ids": torch.tensor(a["ids"][index].astype(np.int64)),
-            "num": torch.tensor(np.clip(a["num"][index], -10.0, 10.0)),
-            "next_ids": torch.tensor(a["next_ids"][index].astype(np.int64)),
-            "next_num": torch.tensor(np.clip(a["next_num"][index], -10.0, 10.0)),
-            "action": torch.tensor(int(a["action"][index])),
-            "reward": torch.tensor(float(a["reward"][index])),
-            "done": torch.tensor(bool(a["done"][index])),
-            "mask": torch.tensor(a["mask"][index]),
-            "next_mask": torch.tensor(a["next_mask"][index]),
+            "state_ids": ids, "state_num": num, "next_ids": next_ids, "next_num": next_num,
+            "action": torch.nn.functional.one_hot(torch.tensor(action), 10).float(),
+            "reward": torch.tensor(t["reward"], dtype=torch.float32),
+            "done": torch.tensor(t["done"], dtype=torch.float32),
         }
 
 
-def bench_seed(arrays: dict[str, np.ndarray], subset: int, reps: int) -> list[float]:
-    small = {name: array[:subset] for name, array in arrays.items()}
+def seed_transitions(rows: int) -> list[dict]:
+    """Realistic transitions from the generator, exploded the seed's way (filled observations)."""
+    transitions: list[dict] = []
+    for record in iter_records(GenConfig(battles=rows // 30 + 2, seed=3)):
+        steps = record["steps"]
+        for i, step in enumerate(steps):
+            state = check_observation(step["observation"]).values
+            following = steps[i + 1]["observation"] if i + 1 < len(steps) else {}
+            transitions.append({
+                "state": state, "next_state": check_observation(following).values,
+                "action_type": step["action_type"], "action_target": step["action_target"],
+                "reward": step["reward"], "done": step["done"],
+            })
+            if len(transitions) == rows:
+                return transitions
+    return transitions
+
+
+def bench_seed(subset: int, reps: int) -> list[float]:
+    dataset = SeedDataset(seed_transitions(subset), SeedFeaturePreprocessor(feature_table(FeatureConfig())))
     dataloader = torch.utils.data.DataLoader(
-        SeedDataset(small), batch_size=BATCH, shuffle=True, drop_last=True,
+        dataset, batch_size=BATCH, shuffle=True, drop_last=True,
         generator=torch.Generator().manual_seed(0),
     )
     rates = []
@@ -186,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("bench-data/loader"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--seed-subset", type=int, default=20_000)
+    parser.add_argument("--seed-subset", type=int, default=5_000)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -203,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     arrays = load_arrays(args.data, manifest)
     raw_bytes = sum(array.nbytes for array in arrays.values())
     gather = statistics.median(bench_random_gather(arrays, args.epochs))
-    seed = statistics.median(bench_seed(arrays, args.seed_subset, 2))
+    seed = statistics.median(bench_seed(args.seed_subset, 2))
     del arrays
 
     command = "python -m pipelines.bench_loader " + " ".join(sys.argv[1:] if argv is None else argv)
