@@ -178,6 +178,32 @@ def eval_command(
     print_report(report, as_json=as_json)
 
 
+@app.command()
+@handle_errors
+def collect(
+    out: Path = typer.Argument(..., help="Output trajectory file (.jsonl or .jsonl.gz)."),
+    battles: int = typer.Option(10, "--battles", "-n", min=1, help="Battles to play."),
+    battle_format: str = typer.Option("gen9randombattle", "--format", help="Random-battle format."),
+    p1: str = typer.Option(
+        "heuristic:0.1", help="random, maxpower or heuristic, optionally :EPSILON (random-action rate)."
+    ),
+    p2: str = typer.Option("random", help="The opponent, same syntax as --p1."),
+    concurrency: int = typer.Option(4, min=1, help="Battles in flight at once."),
+    server: str = typer.Option(None, help="ws://HOST:PORT of a running server (default: start one)."),
+    port: int = typer.Option(None, help="Port of the local server (default: a free one)."),
+    seed: int = typer.Option(0, help="Seed of the players' own random choices."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Play battles on a local Showdown server and record both players' trajectories."""
+    from poke_rl.collect import CollectOptions, run_collect, summary
+
+    options = CollectOptions(
+        battles=battles, battle_format=battle_format, p1=p1, p2=p2, concurrency=concurrency,
+        server=server, port=port, seed=seed, progress=progress,
+    )
+    typer.echo(summary(run_collect(out, options), options), err=True)
+
+
 def run() -> None:
     """Entry point that never shows a Python traceback unless --debug is given."""
     app()

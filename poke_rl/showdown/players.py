@@ -1,0 +1,215 @@
+"""poke-env players that play in the 10-action space and record schema-v1 trajectories.
+
+Every player here decides through ``RecordingPlayer.choose_move``: it builds the observation and
+the legal mask (``observe``), asks its strategy for an action index, plays that index's order
+(never tera), and, when given ``on_trajectory``, hands over one trajectory dict per finished
+battle (DESIGN.md "Trajectory JSONL"). Strategies:
+
+- ``random``: uniform over the legal actions, from the player's seeded RNG.
+- ``maxpower`` / ``heuristic``: poke-env's MaxBasePowerPlayer / SimpleHeuristicsPlayer.
+- any of them with ``epsilon``: with that probability a uniform legal action instead.
+- ``PolicyPlayer``: any function (observation dict, mask) -> action index, e.g. a trained model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from poke_env.battle.abstract_battle import AbstractBattle
+from poke_env.player.baselines import MaxBasePowerPlayer, RandomPlayer, SimpleHeuristicsPlayer
+from poke_env.player.battle_order import BattleOrder, DefaultBattleOrder, SingleBattleOrder
+from poke_env.player.player import Player
+
+from poke_rl.errors import PokeRLError
+from poke_rl.schema import NUM_MOVES
+from poke_rl.showdown.observe import action_mask, build_observation, legal_orders, order_to_action
+
+PolicyFn = Callable[[dict[str, Any], list[bool]], int]
+TrajectorySink = Callable[[dict[str, Any]], None]
+
+
+class RecordingPlayer(Player):
+    """Base of the project's players: 10-action decisions, epsilon exploration, recording."""
+
+    def __init__(
+        self,
+        *args: Any,
+        epsilon: float = 0.0,
+        seed: int | str = 0,
+        label: str = "",
+        on_trajectory: TrajectorySink | None = None,
+        replay_prefix: str = "",
+        **kwargs: Any,
+    ) -> None:
+        if not 0.0 <= epsilon <= 1.0:
+            raise PokeRLError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.epsilon = epsilon
+        self.label = label or type(self).__name__
+        self.on_trajectory = on_trajectory
+        self.replay_prefix = replay_prefix
+        self.decisions = 0
+        self.explored = 0
+        self.redecided = 0  # a choice Showdown refused, decided again (the step is replaced)
+        self.no_choice = 0  # requests with no legal action in the 10-action space (default order)
+        self.failure: BaseException | None = None  # first exception raised while deciding
+        self._rng = random.Random(f"{seed}")
+        self._steps: dict[str, list[dict[str, Any]]] = {}
+        self._last_rqid: dict[str, Any] = {}
+        super().__init__(*args, **kwargs)
+
+    def pick(self, battle: AbstractBattle, observation: dict[str, Any], mask: list[bool],
+             legal: dict[int, SingleBattleOrder]) -> int | None:
+        """The strategy's action index (None: let the player draw a random legal one)."""
+        order = super().choose_move(battle)  # type: ignore[safe-super]
+        return order_to_action(order, legal) if isinstance(order, BattleOrder) else None
+
+    def choose_move(self, battle: AbstractBattle) -> BattleOrder:
+        # poke-env logs and swallows exceptions raised here, and the battle then waits forever:
+        # keep the first one for the caller (``failure``) and let Showdown choose instead.
+        try:
+            return self._decide(battle)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through ``failure``
+            if self.failure is None:
+                self.failure = exc
+            return DefaultBattleOrder()
+
+    def _decide(self, battle: AbstractBattle) -> BattleOrder:
+        legal = legal_orders(battle)
+        if not legal:
+            self.no_choice += 1
+            return DefaultBattleOrder()
+        observation = build_observation(battle)
+        mask = action_mask(legal)
+        index = None
+        if self.epsilon > 0.0 and self._rng.random() < self.epsilon:
+            self.explored += 1
+        else:
+            index = self.pick(battle, observation, mask, legal)
+        if index is None or index not in legal:
+            index = self._rng.choice(sorted(legal))
+        self.decisions += 1
+        if self.on_trajectory is not None:
+            self._record(battle, observation, mask, index)
+        return legal[index]
+
+    def _record(self, battle: AbstractBattle, observation: dict[str, Any], mask: list[bool],
+                index: int) -> None:
+        tag = battle.battle_tag
+        request = battle.last_request or {}
+        rqid = request.get("rqid")
+        steps = self._steps.setdefault(tag, [])
+        step = {
+            "observation": observation,
+            "action_type": 0 if index < NUM_MOVES else 1,
+            "action_target": index if index < NUM_MOVES else index - NUM_MOVES,
+            "reward": 0.0,
+            "done": False,
+            "action_mask": mask,
+        }
+        # Showdown answers a refused choice with the same request again, or with an updated one
+        # ("update": true): the step it replaces was never played.
+        if steps and (request.get("update") or (rqid is not None and rqid == self._last_rqid.get(tag))):
+            steps[-1] = step
+            self.redecided += 1
+        else:
+            steps.append(step)
+        self._last_rqid[tag] = rqid
+
+    def _battle_finished_callback(self, battle: AbstractBattle) -> None:
+        try:
+            self._finish(battle)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through ``failure``
+            if self.failure is None:
+                self.failure = exc
+
+    def _finish(self, battle: AbstractBattle) -> None:
+        steps = self._steps.pop(battle.battle_tag, [])
+        self._last_rqid.pop(battle.battle_tag, None)
+        if self.on_trajectory is None or not steps:
+            return
+        reward = 1.0 if battle.won else -1.0 if battle.lost else 0.0
+        steps[-1]["reward"] = reward
+        steps[-1]["done"] = True
+        self.on_trajectory({
+            "replay_id": self.replay_prefix + battle.battle_tag.removeprefix("battle-"),
+            "player": battle.player_role or "p?",
+            "total_reward": reward,
+            "agent": self.label,
+            "format": battle.format,
+            "turns": battle.turn,
+            "steps": steps,
+        })
+
+
+class RandomActionPlayer(RecordingPlayer, RandomPlayer):
+    """Uniform over the legal actions of the 10-action space, from the seeded RNG."""
+
+    def pick(self, battle, observation, mask, legal):  # noqa: ANN001 - same signature as base
+        return None
+
+
+class MaxPowerActionPlayer(RecordingPlayer, MaxBasePowerPlayer):
+    """poke-env's MaxBasePowerPlayer in the 10-action space."""
+
+
+class HeuristicActionPlayer(RecordingPlayer, SimpleHeuristicsPlayer):
+    """poke-env's SimpleHeuristicsPlayer in the 10-action space (never terastallizes)."""
+
+
+class PolicyPlayer(RecordingPlayer):
+    """Plays ``policy(observation, mask) -> action index``; an illegal index plays a random legal
+    action and is counted in ``illegal_choices``."""
+
+    def __init__(self, policy: PolicyFn, *args: Any, **kwargs: Any) -> None:
+        self.policy = policy
+        self.illegal_choices = 0
+        super().__init__(*args, **kwargs)
+
+    def pick(self, battle, observation, mask, legal):  # noqa: ANN001 - same signature as base
+        index = int(self.policy(observation, mask))
+        if index not in legal:
+            self.illegal_choices += 1
+            return None
+        return index
+
+
+STRATEGIES: dict[str, type[RecordingPlayer]] = {
+    "random": RandomActionPlayer,
+    "maxpower": MaxPowerActionPlayer,
+    "heuristic": HeuristicActionPlayer,
+}
+
+
+@dataclass(frozen=True)
+class PlayerSpec:
+    """A strategy name and an exploration rate, written ``NAME`` or ``NAME:EPSILON``."""
+
+    strategy: str
+    epsilon: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> PlayerSpec:
+        name, _, eps = text.strip().partition(":")
+        if name not in STRATEGIES:
+            raise PokeRLError(
+                f"unknown player {name!r}: use one of {', '.join(STRATEGIES)}, optionally with "
+                f"':EPSILON' (e.g. heuristic:0.1)"
+            )
+        try:
+            epsilon = float(eps) if eps else 0.0
+        except ValueError:
+            raise PokeRLError(f"bad epsilon in player {text!r}: expected a number in [0, 1]") from None
+        if not 0.0 <= epsilon <= 1.0:
+            raise PokeRLError(f"epsilon in player {text!r} must be in [0, 1]")
+        return cls(name, epsilon)
+
+    @property
+    def label(self) -> str:
+        return self.strategy if self.epsilon == 0.0 else f"{self.strategy}:{self.epsilon:g}"
+
+    def build(self, **kwargs: Any) -> RecordingPlayer:
+        """A player of this strategy; ``kwargs`` go to ``RecordingPlayer`` and poke-env."""
+        return STRATEGIES[self.strategy](epsilon=self.epsilon, label=self.label, **kwargs)
