@@ -73,3 +73,85 @@ def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     if split not in SPLITS:
         raise PokeRLError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     return list(manifest["splits"][split]["shards"])
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(8 << 20):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
+    """Problems with the listed shards (missing, wrong size, wrong sha256); empty if all good."""
+    problems = []
+    for split in SPLITS:
+        for entry in shard_entries(manifest, split):
+            path = Path(out_dir) / entry["path"]
+            if not path.is_file():
+                problems.append(f"{entry['path']}: missing")
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']}")
+            elif _file_sha256(path) != entry["sha256"]:
+                problems.append(f"{entry['path']}: sha256 differs from the manifest (corrupt)")
+    return problems
+
+
+def inspect_shards(out_dir: str | Path) -> bool:
+    """Print a prep output's manifest as a readable summary and verify every listed shard.
+
+    Returns False (after naming the bad shards on stderr) when a shard is missing or its size
+    or sha256 differs from the manifest. Raises ``PokeRLError`` when there is no manifest.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    manifest = load_manifest(out_dir)
+    console = Console()
+    pre = manifest.get("preprocessor", {})
+    counts = manifest.get("counts", {})
+    summary = Table(title=f"prep output {out_dir}", show_header=False)
+    summary.add_column("", style="bold")
+    summary.add_column("")
+    summary.add_row("preprocessor", f"{pre.get('name')} v{pre.get('version')} {pre.get('fingerprint')}")
+    for entry in manifest.get("inputs", []):
+        summary.add_row("input", f"{entry['path']} ({entry['bytes']:,} bytes)")
+    for key, value in counts.items():
+        summary.add_row(key.replace("_", " "), f"{value:,}")
+    summary.add_row("val fraction / block size", f"{manifest.get('val_fraction')} / {manifest.get('block_size'):,}")
+    console.print(summary)
+
+    shards = Table(title="tensor shards")
+    for column in ("split", "shards", "transitions", "bytes"):
+        shards.add_column(column, justify="right" if column != "split" else "left")
+    for split in SPLITS:
+        entries = shard_entries(manifest, split)
+        shards.add_row(
+            split,
+            f"{len(entries):,}",
+            f"{manifest['splits'][split]['transitions']:,}",
+            f"{sum(e['bytes'] for e in entries):,}",
+        )
+    console.print(shards)
+    features = Table(title="features per transition")
+    features.add_column("array")
+    features.add_column("shape")
+    features.add_column("dtype")
+    for name, spec in pre.get("features", {}).items():
+        features.add_row(name, str(spec.get("shape")), str(spec.get("dtype")))
+    console.print(features)
+
+    problems = verify_shards(manifest, out_dir)
+    if problems:
+        errors = Console(stderr=True)
+        for problem in problems:
+            errors.print(f"bad shard {problem}", markup=False, highlight=False)
+        errors.print(f"{len(problems)} bad shard(s); rebuild with `{prep_command(manifest, out_dir)} --force`", markup=False, highlight=False)
+        return False
+    console.print(f"all {sum(len(shard_entries(manifest, s)) for s in SPLITS)} shards verified (size and sha256)")
+    return True

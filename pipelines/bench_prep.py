@@ -1,0 +1,317 @@
+"""Benchmark: ``poke-rl prep`` throughput, scaling, rebuild, memory and storage.
+
+    python -m pipelines.bench_prep --size-mb 1024 [--part-mb 256] [--reps 3] [--seed-mb 16]
+
+Makes the corpus once (``pipelines.generate``, realistic battles with a few bad lines of every
+kind) into ``bench-data/`` (git-ignored) as parts of ``--part-mb``, then measures, on this
+machine in this run:
+
+- prep end to end (a subprocess running ``run_prep``, what ``poke-rl prep --force`` runs; wall
+  clock) with 1 worker (default threads), 1 worker serial (``threads=1``) and 2 workers:
+  MB/s of JSONL and transitions/s;
+- merely parsing the same file with orjson in one process (``orjson.loads`` per line);
+- the seed's path on the first ``--seed-mb`` MB: ``json.loads`` into a Python list of
+  transition dicts, then per-sample preprocessing of each state and next state the way the
+  seed's ``FeaturePreprocessor`` did (small torch tensors per field, normalised, concatenated);
+- a rebuild after a preprocessor change (another ``FeatureConfig``) against a full prep;
+- peak RSS of the whole prep process tree (main + workers, polled from /proc) on one part and on
+  four parts (flat = streaming);
+- tensor-shard bytes over the raw bytes of the arrays they hold.
+
+Prints a Markdown table (medians of ``--reps``). The machine may be shared: the load average
+is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from pipelines.generate import GenConfig, write_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+BATTLE_BYTES = 72_000  # ~two 36 KB lines per generated battle
+BAD_FRACTION = 0.0002  # per bad kind, per valid line: ~0.7 % bad lines in all
+
+
+def corpus_parts(cache: Path, parts: int, part_mb: int, seed: int) -> list[Path]:
+    """The first ``parts`` parts of the cached corpus, generating missing ones."""
+    cache.mkdir(parents=True, exist_ok=True)
+    battles = max(1, part_mb * 1_000_000 // BATTLE_BYTES)
+    paths = []
+    for number in range(parts):
+        path = cache / f"corpus-{part_mb}mb-s{seed}-part{number}.jsonl"
+        if not path.exists():
+            print(f"generating {path} ...", file=sys.stderr, flush=True)
+            config = GenConfig(battles=battles, seed=seed, first_battle=number * battles,
+                               bad_fraction=BAD_FRACTION)  # fmt: skip
+            write_corpus(path, config)
+        paths.append(path)
+    return paths
+
+
+def tree_rss_bytes(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_measured(cmd: list[str]) -> tuple[float, int, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS of its process tree in bytes, CPU seconds of
+    the tree: user + system, workers included)."""
+    cpu_before = _children_cpu_s()
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_rss_bytes(proc.pid))
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()}")
+    return elapsed, peak, _children_cpu_s() - cpu_before
+
+
+def prep_cmd(
+    inputs: list[Path], out: Path, workers: int, threads: int | None = None,
+    turn_scale: float | None = None, expect: str = "full",
+) -> list[str]:
+    """A subprocess running ``run_prep`` (the CLI's function) with options the CLI lacks."""
+    config = f"FeatureConfig(turn_scale={turn_scale})" if turn_scale else "FeatureConfig()"
+    force = expect == "full"
+    code = (
+        "from poke_rl.prep import run_prep, PrepOptions; from poke_rl.features import FeatureConfig; "
+        f"r = run_prep({[str(p) for p in inputs]!r}, {str(out)!r}, PrepOptions(workers={workers}, "
+        f"threads={threads}, force={force}, progress=False, feature_config={config})); "
+        f"assert r.action == {expect!r}, r.action"
+    )
+    return [sys.executable, "-c", code]
+
+
+def orjson_parse_s(paths: list[Path]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of orjson.loads over every line."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for line in handle:
+                if line.strip():
+                    try:
+                        orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        pass
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+class SeedPreprocessor:
+    """The seed's per-sample FeaturePreprocessor: per field a small torch tensor, normalised,
+    concatenated (missing fields and short lists filled the way a careful seed would)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from poke_rl import schema
+        from poke_rl.features import Preprocessor
+
+        self.torch = torch
+        self.table = Preprocessor().table
+        self.fields = schema.FIELDS_BY_NAME
+
+    def preprocess(self, obs: dict) -> dict:
+        torch = self.torch
+        ids, num = [], []
+        for feature in self.table:
+            for name in feature.sources:
+                spec = self.fields[name]
+                value = obs.get(name)
+                if spec.length is not None:
+                    value = list(value or [])[: spec.length]
+                    value = value + [0] * (spec.length - len(value))
+                elif value is None:
+                    value = 0
+                if feature.encoding == "id":
+                    ids.append(torch.tensor(value, dtype=torch.long).reshape(-1))
+                    continue
+                x = torch.tensor(value, dtype=torch.float32).reshape(-1)
+                if feature.encoding == "scaled":
+                    num.append(x / feature.scale)
+                elif feature.encoding == "clipped":
+                    num.append(x.clamp(0, feature.clip or 0) / feature.scale)
+                else:
+                    index = torch.tensor(value, dtype=torch.long).reshape(-1)
+                    onehot = torch.nn.functional.one_hot(index, feature.classes or 0)
+                    num.append(onehot.to(torch.float32).reshape(-1))
+        return {"ids": torch.cat(ids), "num": torch.cat(num)}
+
+
+def seed_path(path: Path, limit_bytes: int) -> tuple[float, int, int]:
+    """The seed's way on the first ``limit_bytes`` of a file: (seconds, bytes, transitions)."""
+    torch = __import__("torch")
+    torch.set_num_threads(1)
+    pre = SeedPreprocessor()
+    lines = []
+    with open(path, "rb") as handle:
+        size = 0
+        for line in handle:
+            lines.append(line.decode("utf-8", "replace"))
+            size += len(line)
+            if size >= limit_bytes:
+                break
+    start = time.perf_counter()
+    transitions = []
+    for line in lines:
+        try:
+            trajectory = json.loads(line)
+            steps = trajectory["steps"]
+            for i in range(len(steps)):  # the terminal step kept (the seed's defect 1 fixed)
+                nxt = steps[i + 1]["observation"] if i + 1 < len(steps) else {}
+                transitions.append({"state": steps[i]["observation"], "action_type": steps[i]["action_type"],
+                                    "action_target": steps[i]["action_target"], "reward": steps[i]["reward"],
+                                    "next_state": nxt, "done": steps[i]["done"]})  # fmt: skip
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    for t in transitions:
+        pre.preprocess(t["state"])
+        pre.preprocess(t["next_state"])
+    return time.perf_counter() - start, size, len(transitions)
+
+
+def raw_array_bytes(manifest: dict) -> int:
+    row = 0
+    for spec in manifest["preprocessor"]["features"].values():
+        row += int(np.prod(spec["shape"], dtype=np.int64)) * np.dtype(spec["dtype"]).itemsize
+    return row * manifest["counts"]["transitions"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1024, help="corpus size (a multiple of --part-mb)")
+    parser.add_argument("--part-mb", type=int, default=256, help="corpus part size; RSS uses 1 and 4 parts")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--seed-mb", type=int, default=16, help="subset for the seed's path")
+    parser.add_argument("--cache", type=Path, default=REPO / "bench-data")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    parts = max(1, args.size_mb // args.part_mb)
+    paths = corpus_parts(args.cache, max(parts, 4), args.part_mb, args.seed)
+    corpus = paths[:parts]
+    json_bytes = sum(p.stat().st_size for p in corpus)
+    out = args.cache / "out"
+    load_before = os.getloadavg()
+
+    gc.disable()  # orjson floor: parse only, objects dropped at once
+    orjson_runs = [orjson_parse_s(corpus) for _ in range(args.reps)]
+    orjson_s = statistics.median(r[0] for r in orjson_runs)
+    orjson_cpu = statistics.median(r[1] for r in orjson_runs)
+    gc.enable()
+    configs = {"1 worker": (1, None), "1 worker, serial": (1, 1), "2 workers": (2, None)}
+    prep_s: dict[str, float] = {}
+    prep_cpu: dict[str, float] = {}
+    for name, (workers, threads) in configs.items():
+        runs = [run_measured(prep_cmd(corpus, out, workers, threads)) for _ in range(args.reps)]
+        prep_s[name] = statistics.median(r[0] for r in runs)
+        prep_cpu[name] = statistics.median(r[2] for r in runs)
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    transitions = manifest["counts"]["transitions"]
+    shard_bytes = sum(e["bytes"] for s in ("train", "val") for e in manifest["splits"][s]["shards"])
+
+    rebuild_times, full_times = [], []
+    for rep in range(args.reps):  # another FeatureConfig each time: the shards are always stale
+        run_measured(prep_cmd(corpus, out, 1))  # default config, inputs hashed and remembered
+        rebuild_times.append(
+            run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep, expect="tensors"))
+        )
+        full_times.append(run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep)))
+    rebuild_s = statistics.median(r[0] for r in rebuild_times)
+    full_s = statistics.median(r[0] for r in full_times)
+    rebuild_cpu = statistics.median(r[2] for r in rebuild_times)
+    full_cpu = statistics.median(r[2] for r in full_times)
+
+    rss_one = run_measured(prep_cmd(paths[:1], out, 2))[1]
+    rss_four = run_measured(prep_cmd(paths[:4], out, 2))[1]
+    rss_one_w1 = run_measured(prep_cmd(paths[:1], out, 1))[1]
+    rss_four_w1 = run_measured(prep_cmd(paths[:4], out, 1))[1]
+    seed_s, seed_bytes, seed_transitions = seed_path(corpus[0], args.seed_mb * 1_000_000)
+    load_after = os.getloadavg()
+    shutil.rmtree(out, ignore_errors=True)
+
+    mb = json_bytes / 1e6
+    seed_mb_s = seed_bytes / 1e6 / seed_s
+    def speed(name: str) -> str:
+        return (f"{mb / prep_s[name]:,.1f} MB/s, {transitions / prep_s[name]:,.0f} transitions/s; "
+                f"{prep_cpu[name]:.1f} CPU-s = {mb / prep_cpu[name]:,.1f} MB per CPU-s")  # fmt: skip
+
+    rows = [
+        ("orjson parse only, 1 process", f"{mb / orjson_s:,.1f} MB/s; {orjson_cpu:.1f} CPU-s",
+         "1.00 (floor)"),
+        ("prep, 1 worker (threads: parallel Arrow reads, chunk writes overlap the next parse)",
+         speed("1 worker"), f"{orjson_s / prep_s['1 worker']:.2f} × orjson (aim ≥ 0.5)"),
+        ("(CPU work: orjson CPU-s / prep CPU-s, independent of other load)", "",
+         f"{orjson_cpu / prep_cpu['1 worker, serial']:.2f} (serial), "
+         f"{orjson_cpu / prep_cpu['2 workers']:.2f} (2 workers)"),
+        ("prep, 1 worker, serial (`threads=1`: one core)", speed("1 worker, serial"),
+         f"{orjson_s / prep_s['1 worker, serial']:.2f} × orjson"),
+        ("prep, 2 workers (processes, 1 thread each)", speed("2 workers"),
+         f"{prep_s['1 worker, serial'] / prep_s['2 workers']:.2f} × 1 serial worker (aim ≥ 1.7); "
+         f"{orjson_s / prep_s['2 workers']:.2f} × orjson"),
+        (f"seed path (json.loads + per-sample preprocessing), first {seed_bytes / 1e6:.0f} MB",
+         f"{seed_mb_s:,.2f} MB/s, {seed_transitions / seed_s:,.0f} transitions/s",
+         f"prep 2 workers = {mb / prep_s['2 workers'] / seed_mb_s:,.0f} × seed (aim ≥ 20)"),
+        ("rebuild after a preprocessor change (1 worker)",
+         f"{rebuild_s:.1f} s vs full prep {full_s:.1f} s ({rebuild_cpu:.1f} vs {full_cpu:.1f} CPU-s)",
+         f"{full_s / rebuild_s:.1f} × faster (aim ≥ 3); {full_cpu / rebuild_cpu:.1f} × less CPU"),
+        (f"peak RSS, whole prep tree, {paths[0].stat().st_size / 1e6:.0f} MB vs 4 × that",
+         f"2 workers {rss_one / 2**20:,.0f} → {rss_four / 2**20:,.0f} MiB; "
+         f"1 worker {rss_one_w1 / 2**20:,.0f} → {rss_four_w1 / 2**20:,.0f} MiB",
+         f"{rss_four / rss_one:.2f} × / {rss_four_w1 / rss_one_w1:.2f} × (flat = 1)"),
+        ("tensor shards / raw array bytes", f"{shard_bytes / 1e6:,.1f} MB / {raw_array_bytes(manifest) / 1e6:,.1f} MB",
+         f"{shard_bytes / raw_array_bytes(manifest):.3f} (aim ≤ 1.1)"),
+    ]  # fmt: skip
+    command = f"python -m pipelines.bench_prep --size-mb {args.size_mb} --part-mb {args.part_mb} " \
+              f"--reps {args.reps} --seed-mb {args.seed_mb}"  # fmt: skip
+    print(f"`{command}` — corpus {mb:,.0f} MB of JSONL in {len(corpus)} file(s), {transitions:,} "
+          f"transitions; {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+          f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after (shared machine); "
+          f"medians of {args.reps} reps, wall clock of `run_prep` subprocesses (what `poke-rl prep --force` runs)\n")  # fmt: skip
+    print("| measure | result | ratio |")
+    print("|---|---|---|")
+    for name, value, ratio in rows:
+        print(f"| {name} | {value} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""``poke-rl inspect OUT``: a readable summary and a size + sha256 check of every shard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # pipelines/ holds recipes, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from pipelines.generate import GenConfig, iter_lines  # noqa: E402
+from poke_rl.errors import PokeRLError  # noqa: E402
+from poke_rl.manifest import inspect_shards, verify_shards  # noqa: E402
+from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
+
+POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    lines = [line for _, line in iter_lines(GenConfig(battles=8, seed=4))]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    run_prep([str(source)], out, PrepOptions(progress=False, block_size=256, val_fraction=0.3,
+                                             chunk_bytes=100_000))  # fmt: skip
+    return out
+
+
+def test_inspect_summarises_and_verifies(out, capsys):
+    assert inspect_shards(out)
+    text = capsys.readouterr().out
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["preprocessor"]["fingerprint"][:20] in text
+    assert f"{manifest['counts']['transitions']:,}" in text
+    assert "shards verified" in text
+
+
+def test_inspect_names_corrupt_truncated_and_missing_shards(out, capsys):
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    train = [out / e["path"] for e in manifest["splits"]["train"]["shards"]]
+    assert len(train) >= 3
+    data = bytearray(train[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    train[0].write_bytes(bytes(data))  # same size, other bytes
+    train[1].write_bytes(train[1].read_bytes()[:-512])
+    train[2].unlink()
+    problems = verify_shards(manifest, out)
+    assert [p.split(":")[0] for p in problems] == [
+        str(p.relative_to(out)) for p in train[:3]
+    ]
+    assert "sha256" in problems[0] and "bytes" in problems[1] and "missing" in problems[2]
+    assert not inspect_shards(out)
+    assert "bad shard tensors/train-000000.tar" in capsys.readouterr().err
+    cli = subprocess.run([str(POKE_RL), "inspect", str(out)], capture_output=True, text=True)
+    assert cli.returncode == 2
+    assert "3 bad shard(s)" in cli.stderr
+
+
+def test_inspect_without_manifest(tmp_path):
+    with pytest.raises(PokeRLError, match="not a prep output"):
+        inspect_shards(tmp_path)
+    cli = subprocess.run([str(POKE_RL), "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert cli.returncode == 2 and "not a prep output" in cli.stderr
