@@ -6,7 +6,7 @@ Stages (each a small function or generator, testable alone with a list)::
     → read_blocks → shuffle_blocks → permute_rows → interleave_blocks → rebatch   # views, indices
     → islice(skip, quota) → gather_group                                # the only copy: rows → one tensor
     → (main process) split groups, reorder by worker → unpack → Batch   # views, no copy
-    → DeviceLoader: pin + non_blocking copy one batch ahead (CUDA only)
+    → DeviceLoader: a producer thread assembles batches ahead; on CUDA pin + non_blocking copy
 
 Every random choice comes from ``numpy.random.default_rng([seed, epoch, rank, worker, stage])``.
 The whole epoch's split and every rank's and worker's batch count are computed from the manifest's
@@ -34,6 +34,8 @@ import contextlib
 import functools
 import itertools
 import math
+import queue
+import threading
 import warnings
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -756,16 +758,32 @@ class Loader:
 
 
 class DeviceLoader:
-    """Feed a loader's batches to ``device``. On CUDA: pinned (by the DataLoader's pin thread)
-    and copied with ``non_blocking`` on a side stream one batch ahead of the one returned. On
-    CPU: the plain tensors, unless ``prefetch=True`` forces the one-ahead path (for tests)."""
+    """Feed a loader's batches to ``device``, assembled ahead of the consumer.
 
-    def __init__(self, loader: Loader, device: torch.device | str, *, prefetch: bool | None = None) -> None:
+    With ``background`` > 0 a producer thread assembles up to that many batches ahead (the row
+    gathers and copies release the GIL), so batch assembly overlaps the training step on CPU and
+    GPU alike. On CUDA each batch is pinned (by the DataLoader's pin thread) and copied with
+    ``non_blocking`` on a side stream one batch ahead of the one returned. ``prefetch=True``
+    forces that one-ahead path on CPU (for tests). ``state_dict`` always excludes the batches
+    assembled but not yet returned, so a resume continues with the next undelivered batch.
+    """
+
+    def __init__(
+        self,
+        loader: Loader,
+        device: torch.device | str,
+        *,
+        prefetch: bool | None = None,
+        background: int = 2,
+    ) -> None:
         self.loader = loader
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.prefetch = self.cuda if prefetch is None else prefetch
-        self.in_flight = 0
+        self.background = background
+        self._lock = threading.Lock()
+        self._produced = 0  # batches taken from the loader in the current iteration
+        self._returned = 0  # batches handed to the consumer in the current iteration
         if self.cuda and not loader.pin_memory:
             loader.pin_memory = True
             loader._dataloader = None
@@ -774,21 +792,48 @@ class DeviceLoader:
         return len(self.loader)
 
     def state_dict(self) -> dict[str, Any]:
-        """The loader's position, less the batch copied ahead but not yet returned."""
-        state = self.loader.state_dict()
-        state["batches_done"] -= self.in_flight
+        """The loader's position, less the batches assembled ahead but not yet returned."""
+        with self._lock:
+            state = self.loader.state_dict()
+            state["batches_done"] -= self._produced - self._returned
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.loader.load_state_dict(state)
 
     def __iter__(self) -> Iterator[Batch]:
+        self._produced = self._returned = 0
+        source = self._on_device(self._counted(self.loader.packed()))
+        if self.background > 0:
+            source = _in_background(source, self.background)
+        try:
+            for packed in source:
+                with self._lock:
+                    self._returned += 1
+                yield packed.unpack()
+        finally:
+            source.close()
+            self._produced = self._returned = 0
+
+    def _counted(self, source: Iterator[PackedBatch]) -> Iterator[PackedBatch]:
+        """Take batches from the loader, counting them under the lock ``state_dict`` reads with."""
+        try:
+            while True:
+                with self._lock:
+                    packed = next(source, None)
+                    if packed is None:
+                        return
+                    self._produced += 1
+                yield packed
+        finally:
+            source.close()
+
+    def _on_device(self, source: Iterator[PackedBatch]) -> Iterator[PackedBatch]:
         if not self.prefetch:
-            for packed in self.loader.packed():
-                yield packed.to(self.device).unpack()
+            for packed in source:
+                yield packed if self.device.type == "cpu" else packed.to(self.device)
             return
         stream = torch.cuda.Stream(self.device) if self.cuda else None
-        source = self.loader.packed()
         ahead = self._issue(next(source, None), stream)
         try:
             while ahead is not None:
@@ -797,10 +842,8 @@ class DeviceLoader:
                 if stream is not None:
                     torch.cuda.current_stream(self.device).wait_stream(stream)
                     current.data.record_stream(torch.cuda.current_stream(self.device))
-                self.in_flight = 1 if ahead is not None else 0
-                yield current.unpack()
+                yield current
         finally:
-            self.in_flight = 0
             source.close()
 
     def _issue(self, packed: PackedBatch | None, stream: Any) -> PackedBatch | None:
@@ -809,6 +852,53 @@ class DeviceLoader:
         context = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with context:
             return packed.to(self.device, non_blocking=self.cuda)
+
+
+_DONE = object()
+
+
+def _in_background(source: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``source`` in a producer thread, ``depth`` items ahead; errors reach the consumer.
+
+    Closing the returned generator stops the producer and closes ``source`` in its own thread.
+    """
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if not put(item):
+                    break
+            else:
+                put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(exc)
+        finally:
+            source.close()
+
+    producer = threading.Thread(target=produce, name="poke-rl-batches", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import itertools
 import tarfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -376,7 +380,9 @@ def test_device_loader_on_cpu(output: Path) -> None:
 
     # the CUDA path's one-ahead logic, forced on CPU: same batches; the position excludes the
     # batch copied ahead, so a resume from it continues exactly
-    ahead = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu", prefetch=True)
+    ahead = L.DeviceLoader(
+        L.train_loader(output, FINGERPRINT, config), "cpu", prefetch=True, background=0
+    )
     taken = []
     for batch in ahead:
         taken.append(batch)
@@ -389,3 +395,44 @@ def test_device_loader_on_cpu(output: Path) -> None:
     resumed.load_state_dict(state)
     assert_same(list(resumed), expected[7:])
     assert resumed.state_dict()["batches_done"] == len(expected)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_device_loader_background_thread_keeps_order_and_position(
+    output: Path, prefetch: bool
+) -> None:
+    config = L.LoaderConfig(batch_size=16, seed=2)
+    expected = list(L.train_loader(output, FINGERPRINT, config))
+    ahead = L.DeviceLoader(
+        L.train_loader(output, FINGERPRINT, config), "cpu", prefetch=prefetch, background=3
+    )
+    taken = []
+    for batch in ahead:
+        taken.append(batch)
+        if len(taken) == 5:
+            time.sleep(0.2)  # let the producer run ahead: the position must not move
+            state = ahead.state_dict()
+            assert ahead.loader.batches_done > 5 and state["batches_done"] == 5
+            break
+    assert_same(taken, expected[:5])
+    resumed = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu", background=3)
+    resumed.load_state_dict(state)
+    assert_same(list(resumed), expected[5:])
+    alive = [t for t in threading.enumerate() if t.name == "poke-rl-batches"]
+    assert alive == []  # closing the iteration early stopped the producer
+
+
+def test_device_loader_background_thread_raises_the_producers_error(output: Path) -> None:
+    config = L.LoaderConfig(batch_size=16, seed=2)
+    device_loader = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu")
+
+    def failing() -> Iterator[Any]:
+        yield from itertools.islice(L.train_loader(output, FINGERPRINT, config).packed(), 2)
+        raise ShardError("shard x is truncated")
+
+    device_loader.loader.packed = failing  # type: ignore[method-assign]
+    got = []
+    with pytest.raises(ShardError, match="shard x is truncated"):
+        for batch in device_loader:
+            got.append(batch)
+    assert len(got) == 2
