@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,14 @@ def inspect_shards(out_dir: str | Path) -> bool:
 
     problems = verify_shards(manifest, out_dir)
     if problems:
-        errors = Console(stderr=True)
-        for problem in problems:
-            errors.print(f"bad shard {problem}", markup=False, highlight=False)
-        errors.print(f"{len(problems)} bad shard(s); rebuild with `{prep_command(manifest, out_dir)} --force`", markup=False, highlight=False)
+        # one line (DESIGN.md: an error is one line on stderr), never wrapped by a console width
+        named = "; ".join(f"bad shard {problem}" for problem in problems)
+        print(
+            f"error: {named}; {len(problems)} bad shard(s); rebuild with "
+            f"`{prep_command(manifest, out_dir)} --force`",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     console.print(f"all {sum(len(shard_entries(manifest, s)) for s in SPLITS)} shards verified (size and sha256)")
     return True

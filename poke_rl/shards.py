@@ -22,6 +22,7 @@ import numpy as np
 
 from poke_rl.batch import FIELDS
 from poke_rl.errors import PokeRLError
+from poke_rl.schema import NUM_ACTIONS
 
 _NPY_VERSION = (1, 0)
 
@@ -253,4 +254,8 @@ def _complete(block: dict[str, np.ndarray], label: str, key: str | None) -> dict
     rows = {len(block[name]) for name in FIELDS}
     if len(rows) != 1:
         raise ShardError(f"shard {label} block {key} has arrays of different lengths")
+    action = block["action"]
+    if len(action) and (action.min() < 0 or action.max() >= NUM_ACTIONS):
+        # a flipped byte here would otherwise surface as an indexing error far from the shard
+        raise ShardError(f"shard {label} block {key} holds actions outside 0..{NUM_ACTIONS - 1} (corrupt)")
     return block

@@ -8,6 +8,7 @@ among the legal actions), so a policy can learn it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,10 @@ def write_synthetic_shards(
     block_size: int = 256,
     seed: int = 0,
     fingerprint: str | None = None,
+    poison: Callable[[dict[str, np.ndarray], int], None] | None = None,
 ) -> Path:
-    """A prep output in ``out`` with the given shard counts; returns ``out``."""
+    """A prep output in ``out`` with the given shard counts; returns ``out``. ``poison(block,
+    shard_index)`` may edit each train block in place before it is written (fault tests)."""
     pre = Preprocessor()
     rng = np.random.default_rng(seed)
     (out / "tensors").mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,9 @@ def write_synthetic_shards(
         entries = []
         for index in range(count):
             blocks = [_block(rng, block_size, pre) for _ in range(blocks_per_shard)]
+            if poison is not None and split == "train":
+                for block in blocks:
+                    poison(block, index)
             assert set(blocks[0]) == set(FIELDS)
             relative = f"tensors/{split}-{index:06d}.tar"
             size, digest = write_shard(out / relative, blocks)
