@@ -72,7 +72,10 @@ def filled_dicts(table: pa.Table, rows: int) -> list[dict[str, Any]]:
 
 
 class SeedFeaturePreprocessor:
-    """The seed's per-sample path: per observation, small tensors per field, then concatenate."""
+    """The seed's per-sample path: per observation dict, small tensors per field, then concatenate.
+
+    Takes raw observation dicts as the seed did: a missing field is 0, a short list is padded.
+    """
 
     def __init__(self, table: tuple[Feature, ...]) -> None:
         self.table = table
@@ -82,7 +85,13 @@ class SeedFeaturePreprocessor:
         num: list[torch.Tensor] = []
         for feature in self.table:
             for name in feature.sources:
-                value = obs[name]
+                length = schema.FIELDS_BY_NAME[name].length
+                value = obs.get(name)
+                if length is not None:
+                    value = list(value or [])[:length]
+                    value = value + [0] * (length - len(value))
+                elif value is None:
+                    value = 0
                 if feature.encoding == "id":
                     ids.append(torch.tensor(value, dtype=torch.long).reshape(-1))
                     continue

@@ -137,52 +137,14 @@ def orjson_parse_s(paths: list[Path]) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-class SeedPreprocessor:
-    """The seed's per-sample FeaturePreprocessor: per field a small torch tensor, normalised,
-    concatenated (missing fields and short lists filled the way a careful seed would)."""
-
-    def __init__(self) -> None:
-        import torch
-
-        from poke_rl import schema
-        from poke_rl.features import Preprocessor
-
-        self.torch = torch
-        self.table = Preprocessor().table
-        self.fields = schema.FIELDS_BY_NAME
-
-    def preprocess(self, obs: dict) -> dict:
-        torch = self.torch
-        ids, num = [], []
-        for feature in self.table:
-            for name in feature.sources:
-                spec = self.fields[name]
-                value = obs.get(name)
-                if spec.length is not None:
-                    value = list(value or [])[: spec.length]
-                    value = value + [0] * (spec.length - len(value))
-                elif value is None:
-                    value = 0
-                if feature.encoding == "id":
-                    ids.append(torch.tensor(value, dtype=torch.long).reshape(-1))
-                    continue
-                x = torch.tensor(value, dtype=torch.float32).reshape(-1)
-                if feature.encoding == "scaled":
-                    num.append(x / feature.scale)
-                elif feature.encoding == "clipped":
-                    num.append(x.clamp(0, feature.clip or 0) / feature.scale)
-                else:
-                    index = torch.tensor(value, dtype=torch.long).reshape(-1)
-                    onehot = torch.nn.functional.one_hot(index, feature.classes or 0)
-                    num.append(onehot.to(torch.float32).reshape(-1))
-        return {"ids": torch.cat(ids), "num": torch.cat(num)}
-
-
 def seed_path(path: Path, limit_bytes: int) -> tuple[float, int, int]:
     """The seed's way on the first ``limit_bytes`` of a file: (seconds, bytes, transitions)."""
     torch = __import__("torch")
     torch.set_num_threads(1)
-    pre = SeedPreprocessor()
+    from pipelines.bench_features import SeedFeaturePreprocessor
+    from poke_rl.features import Preprocessor
+
+    preprocess = SeedFeaturePreprocessor(Preprocessor().table)
     lines = []
     with open(path, "rb") as handle:
         size = 0
@@ -205,8 +167,8 @@ def seed_path(path: Path, limit_bytes: int) -> tuple[float, int, int]:
         except (ValueError, KeyError, TypeError, IndexError):
             continue
     for t in transitions:
-        pre.preprocess(t["state"])
-        pre.preprocess(t["next_state"])
+        preprocess(t["state"])
+        preprocess(t["next_state"])
     return time.perf_counter() - start, size, len(transitions)
 
 

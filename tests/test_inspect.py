@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # pipelines/ holds recipes, not an installed package
-    sys.path.insert(0, str(REPO))
 
 from pipelines.generate import GenConfig, iter_lines  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402

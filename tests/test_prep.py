@@ -22,8 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # pipelines/ holds recipes, not an installed package
-    sys.path.insert(0, str(REPO))
 
 from pipelines.generate import BAD_KINDS, GenConfig, battle_records, iter_lines  # noqa: E402
 from poke_rl import schema, shards  # noqa: E402

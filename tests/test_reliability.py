@@ -34,8 +34,6 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # pipelines/ holds recipes, not an installed package
-    sys.path.insert(0, str(REPO))
 
 from conftest import write_synthetic_shards  # noqa: E402
 from test_prep import _run_killed, reference_decisions, reference_rows, tree_bytes  # noqa: E402

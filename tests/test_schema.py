@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # pipelines/ holds recipes, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
 from poke_rl.schema import (  # noqa: E402
