@@ -506,11 +506,8 @@ class Trainer:
                 f"uses {_jsonable(dataclasses.asdict(self.model_config))}; set the same "
                 "`model` options"
             )
-        if not hasattr(self.algorithm, "policy"):
-            raise PokeRLError(
-                f"--init-from: {self.config.algo} has no policy network to initialise (its "
-                "greedy policy is the argmax of Q); train IQL, or CQL without --init-from"
-            )
+        # IQL takes BC's policy (encoder and head); CQL, whose policy is greedy on Q, takes
+        # BC's encoder into both Q encoders and their targets (see each algorithm's load_bc)
         self.algorithm.load_bc(state["algo_state"])
 
     def _restore(self, saved: dict[str, Any]) -> None:

@@ -169,6 +169,27 @@ def test_bc_init_copies_the_policy(bc_run: Path, synthetic_shards: Path, tmp_pat
     trainer.run()
 
 
+def test_bc_init_gives_cql_the_bc_encoder(
+    bc_run: Path, synthetic_shards: Path, tmp_path: Path
+) -> None:
+    bc_ckpt = bc_run / "checkpoints" / "last.pt"
+    config = resolve_config(
+        synthetic_shards, {**FAST, "algo": "cql", "steps": 3, "model": TINY,
+                           "init_from": str(bc_ckpt), "run_dir": str(tmp_path / "cql")},
+    )
+    trainer = Trainer(config)
+    bc_policy = load_checkpoint(bc_ckpt)["algo_state"]["networks"]["policy"]
+    encoder = {k.removeprefix("encoder."): v for k, v in bc_policy.items() if k.startswith("encoder.")}
+    assert encoder
+    for twin in (trainer.algorithm.q, trainer.algorithm.q_target):
+        for head in (twin.q1, twin.q2):
+            mine = head.encoder.state_dict()
+            assert set(mine) == set(encoder)
+            for name, tensor in encoder.items():
+                assert torch.equal(mine[name], tensor), name
+    trainer.run()
+
+
 def test_bc_init_refusals(bc_run: Path, synthetic_shards: Path, tmp_path: Path) -> None:
     bc_state = load_checkpoint(bc_run / "checkpoints" / "last.pt")
     base = {**FAST, "algo": "iql", "steps": 2, "model": TINY}
