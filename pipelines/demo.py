@@ -3,7 +3,10 @@
 1. prep the shipped sample (data/sample.jsonl.gz) into shards/demo;
 2. train BC on it (runs/demo/bc);
 3. train IQL initialised from BC's best checkpoint (runs/demo/iql);
-4. show the IQL checkpoint (`inspect`) and its validation metrics (`eval`).
+4. show the IQL checkpoint (`inspect`) and its validation metrics (`eval`);
+5. play 20 live battles with it against a random bot (`eval --online`) on a local Showdown
+   server: optional, skipped with a note when the server is not installed (`make showdown`) or
+   when it takes longer than ONLINE_TIMEOUT_S.
 
 Each stage runs as a subprocess of this venv's `poke-rl`, with its progress on the terminal; the
 demo stops at the first command that fails and exits with its code. A few minutes on 2 CPU cores.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +28,7 @@ POKE_RL = Path(sys.executable).parent / "poke-rl"
 SAMPLE = "data/sample.jsonl.gz"
 SHARDS = "shards/demo"
 RUNS = Path("runs/demo")
+ONLINE_TIMEOUT_S = 120
 
 
 def step(title: str, *args: str) -> None:
@@ -38,6 +43,31 @@ def step(title: str, *args: str) -> None:
     print(f"-- {title}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
+def optional_step(title: str, timeout_s: float, *args: str) -> None:
+    """Like ``step``, but a failure or a timeout only prints a note: the demo goes on."""
+    command = [str(POKE_RL), *args]
+    print(f"\n== {title}\n$ poke-rl {' '.join(shlex.quote(a) for a in args)}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=REPO)
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # SIGINT, not SIGKILL: poke-rl then stops the local server it started (no orphan node).
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"-- {title}: skipped, it took longer than {timeout_s:g} s", flush=True)
+        return
+    if returncode != 0:
+        print(f"-- {title}: skipped (`poke-rl {args[0]}` exited {returncode}; the local "
+              "server comes from `make showdown`)", flush=True)
+        return
+    print(f"-- {title}: done in {time.perf_counter() - start:.1f} s", flush=True)
+
+
 def main() -> int:
     if not POKE_RL.exists():
         print(f"{POKE_RL} not found: run `make install` first", file=sys.stderr)
@@ -46,17 +76,20 @@ def main() -> int:
     for name in ("bc", "iql"):
         shutil.rmtree(REPO / RUNS / name, ignore_errors=True)
     bc, iql = RUNS / "bc", RUNS / "iql"
-    step("1/6 prep: trajectory JSONL -> Parquet + tensor shards",
+    step("1/7 prep: trajectory JSONL -> Parquet + tensor shards",
          "prep", SAMPLE, SHARDS, "--workers", "2")
-    step("2/6 train BC", "train", SHARDS, "--config", "pipelines/configs/demo-bc.toml",
+    step("2/7 train BC", "train", SHARDS, "--config", "pipelines/configs/demo-bc.toml",
          "--run-dir", str(bc))
-    step("3/6 train IQL initialised from BC", "train", SHARDS,
+    step("3/7 train IQL initialised from BC", "train", SHARDS,
          "--config", "pipelines/configs/demo-iql.toml", "--run-dir", str(iql),
          "--init-from", str(bc / "checkpoints" / "best.pt"))
-    step("4/6 inspect the IQL checkpoint", "inspect", str(iql / "checkpoints" / "best.pt"))
-    step("5/6 eval BC on the val split", "eval", str(bc / "checkpoints" / "best.pt"),
+    step("4/7 inspect the IQL checkpoint", "inspect", str(iql / "checkpoints" / "best.pt"))
+    step("5/7 eval BC on the val split", "eval", str(bc / "checkpoints" / "best.pt"),
          SHARDS)
-    step("6/6 eval IQL on the val split", "eval", str(iql / "checkpoints" / "best.pt"), SHARDS)
+    step("6/7 eval IQL on the val split", "eval", str(iql / "checkpoints" / "best.pt"), SHARDS)
+    optional_step("7/7 eval IQL online: 20 live battles against a random bot", ONLINE_TIMEOUT_S,
+                  "eval", str(iql / "checkpoints" / "best.pt"), "--online", "--battles", "20",
+                  "--opponents", "random")
     print(f"\ndemo finished: shards in {SHARDS}, runs in {RUNS} "
           f"(TensorBoard: tensorboard --logdir {RUNS})")
     return 0

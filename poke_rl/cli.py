@@ -165,17 +165,64 @@ def train(
 @handle_errors
 def eval_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (RUN/checkpoints/best.pt, ...)."),
-    shards: Path = typer.Argument(..., help="A prep output folder; its val split is used."),
+    shards: Path = typer.Argument(
+        None, help="A prep output folder; its val split is used (not with --online)."
+    ),
     max_batches: int = typer.Option(0, min=0, help="Cap on val batches (0: the whole split)."),
     batch_size: int = typer.Option(None, min=1, help="Val batch size (the run's by default)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option(None, help="auto, cpu or cuda (offline: auto; online: cpu)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    online: bool = typer.Option(
+        False, "--online", help="Play live battles against baseline bots instead (no SHARDS)."
+    ),
+    battles: int = typer.Option(100, "--battles", "-n", min=1, help="Online: battles per opponent."),
+    opponents: str = typer.Option(
+        "random,maxpower,heuristic", help="Online: opponents, comma-separated, each NAME[:EPSILON]."
+    ),
+    battle_format: str = typer.Option("gen9randombattle", "--format", help="Online: the format."),
+    concurrency: int = typer.Option(8, min=1, help="Online: battles in flight at once."),
+    server: str = typer.Option(None, help="Online: ws://HOST:PORT of a running server."),
+    port: int = typer.Option(None, help="Online: port of the local server (default: a free one)."),
+    seed: int = typer.Option(0, help="Online: seed of the players' own random choices."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Online: progress."),
 ) -> None:
-    """Offline metrics of a checkpoint on the val split: action match, Q, entropy, TD error."""
+    """Offline metrics of a checkpoint on the val split (action match, Q, entropy, TD error), or
+    with --online its win rates in live battles against baseline bots."""
+    if online:
+        _eval_online(checkpoint, shards, device, as_json, battles, opponents, battle_format,
+                     concurrency, server, port, seed, progress)
+        return
     from poke_rl.evaluate import evaluate_checkpoint, print_report
 
-    report = evaluate_checkpoint(checkpoint, shards, max_batches, batch_size, device)
+    if shards is None:
+        raise PokeRLError("give SHARDS (a prep output folder) for offline metrics, or --online")
+    report = evaluate_checkpoint(checkpoint, shards, max_batches, batch_size, device or "auto")
     print_report(report, as_json=as_json)
+
+
+def _eval_online(checkpoint: Path, shards: Path | None, device: str | None, as_json: bool,
+                 battles: int, opponents: str, battle_format: str, concurrency: int,
+                 server: str | None, port: int | None, seed: int, progress: bool) -> None:
+    from poke_rl.showdown.online import (
+        OnlineOptions,
+        parse_opponents,
+        print_online_report,
+        run_online,
+    )
+
+    if shards is not None:
+        raise PokeRLError("--online plays live battles and takes no SHARDS argument")
+    options = OnlineOptions(
+        battles=battles, opponents=parse_opponents(opponents), battle_format=battle_format,
+        concurrency=concurrency, server=server, port=port, device=device or "cpu", seed=seed,
+        progress=progress,
+    )
+    report = run_online(checkpoint, options)
+    print_online_report(report, as_json=as_json)
+    if report["illegal_actions"]:
+        raise RuntimeError(
+            f"the policy asked for {report['illegal_actions']} illegal actions (must be 0)"
+        )
 
 
 @app.command()

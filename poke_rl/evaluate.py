@@ -80,6 +80,33 @@ def run_validation(
     return result
 
 
+def load_algorithm(
+    checkpoint_path: str | Path, preprocessor: Any, device: Any
+) -> tuple[dict[str, Any], Any]:
+    """The checkpoint's dict and its algorithm with the saved weights, on ``device``.
+
+    Raises PokeRLError when the checkpoint is unusable or was trained on features of another
+    preprocessor than ``preprocessor`` (its fingerprint or layout differs).
+    """
+    from poke_rl import train as train_module
+    from poke_rl.algos import make_algorithm
+    from poke_rl.checkpoint import load_checkpoint
+    from poke_rl.models import ModelConfig
+
+    state = load_checkpoint(checkpoint_path, map_location=device)
+    feature_spec = preprocessor.feature_spec()
+    train_module.require_same_features(
+        state, preprocessor.fingerprint, feature_spec, f"checkpoint {checkpoint_path}"
+    )
+    model = dict(state["model_config"])
+    model["hidden_sizes"] = tuple(model.get("hidden_sizes", ()))
+    algorithm = make_algorithm(
+        state["algo"], feature_spec, ModelConfig(**model), state["algo_config"], device
+    )
+    algorithm.load_state_dict(state["algo_state"])
+    return state, algorithm
+
+
 def evaluate_checkpoint(
     checkpoint_path: str | Path,
     shards: str | Path,
@@ -90,31 +117,18 @@ def evaluate_checkpoint(
     """Load a checkpoint, check it fits the shards and the installed preprocessor, and run one
     validation pass over the val split. Raises PokeRLError on unusable inputs."""
     from poke_rl import train as train_module
-    from poke_rl.algos import make_algorithm
-    from poke_rl.checkpoint import load_checkpoint
     from poke_rl.features import Preprocessor
     from poke_rl.manifest import load_manifest, require_fresh
-    from poke_rl.models import ModelConfig
 
     manifest = load_manifest(shards)
     preprocessor = Preprocessor()
     require_fresh(manifest, preprocessor.fingerprint, shards)
-    feature_spec = preprocessor.feature_spec()
     resolved = train_module.resolve_device(device, train_module.DistContext())
-    state = load_checkpoint(checkpoint_path, map_location=resolved)
-    train_module.require_same_features(
-        state, preprocessor.fingerprint, feature_spec, f"checkpoint {checkpoint_path}"
-    )
     if not manifest["splits"]["val"]["shards"]:
         raise PokeRLError(
             f"{shards} has no val shards; rebuild with `poke-rl prep ... --val-fraction 0.05`"
         )
-    model = dict(state["model_config"])
-    model["hidden_sizes"] = tuple(model.get("hidden_sizes", ()))
-    algorithm = make_algorithm(
-        state["algo"], feature_spec, ModelConfig(**model), state["algo_config"], resolved
-    )
-    algorithm.load_state_dict(state["algo_state"])
+    state, algorithm = load_algorithm(checkpoint_path, preprocessor, resolved)
     config = train_module.TrainConfig.from_dict(
         {**state["config"], "shards": str(shards), "device": device}
     )

@@ -1,0 +1,331 @@
+"""Online evaluation: a checkpoint plays live battles against baseline bots (``poke-rl eval --online``).
+
+The checkpoint's policy (``CheckpointPolicy``) featurises each live observation with the installed
+``Preprocessor().transform_observation`` (the same features the checkpoint was trained on; a
+checkpoint of another preprocessor fingerprint is refused) and plays its algorithm's greedy masked
+action (``greedy_action``: policy argmax for BC/IQL, argmax of min-Q for CQL), through the
+project's ``PolicyPlayer`` in the 10-action space (never terastallizes). Each opponent is one of
+the ``collect`` strategies (``random``, ``maxpower``, ``heuristic``, optionally ``:EPSILON``); they
+are the same players that recorded the training data, so they never terastallize either.
+
+Per opponent, ``battles`` battles on a local server started for the run (or ``server``), and a row:
+wins, losses, ties, win rate with its 95 % Wilson interval, mean turns, decisions, and two
+counters that a correct policy keeps at 0: ``illegal_actions`` (the policy asked for an action
+outside the legal mask; the player then plays a random legal one) and ``refused_choices``
+(Showdown refused a choice the mask allowed and asked again: a mask that disagrees with the
+server). Battles are not seedable from a client (Showdown draws the teams), so two runs differ
+within the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from poke_rl.errors import PokeRLError
+
+DEFAULT_OPPONENTS = ("random", "maxpower", "heuristic")
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class OnlineOptions:
+    """What ``run_online`` plays and how."""
+
+    battles: int = 100  # per opponent
+    opponents: tuple[str, ...] = DEFAULT_OPPONENTS
+    battle_format: str = "gen9randombattle"
+    concurrency: int = 8
+    server: str | None = None  # ws://HOST:PORT of a running server; None: start a local one
+    port: int | None = None  # the local server's port; None: a free one
+    device: str = "cpu"  # auto, cpu or cuda; one observation per forward pass, so cpu is usual
+    seed: int = 0  # the players' own random draws (a random opponent, exploration)
+    torch_threads: int = 1  # per-observation inference gains nothing from more threads
+    progress: bool = True
+    stall_timeout_s: float = 120.0  # no battle finished for this long: give up
+
+
+def wilson_interval(wins: int, battles: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval of a win rate ``wins / battles`` (0..1; (0, 1) when no battle)."""
+    if battles <= 0:
+        return 0.0, 1.0
+    p = wins / battles
+    denominator = 1.0 + z * z / battles
+    centre = (p + z * z / (2 * battles)) / denominator
+    half = z * math.sqrt(p * (1 - p) / battles + z * z / (4 * battles * battles)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class CheckpointPolicy:
+    """``(observation dict, mask) -> action index``: a checkpoint's greedy masked action."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        import torch
+
+        from poke_rl import train as train_module
+        from poke_rl.evaluate import load_algorithm
+        from poke_rl.features import Preprocessor
+
+        self.preprocessor = Preprocessor()
+        self.device = train_module.resolve_device(device, train_module.DistContext())
+        self.state, self.algorithm = load_algorithm(checkpoint, self.preprocessor, self.device)
+        for network in self.algorithm.networks().values():
+            network.eval()
+        self._torch = torch
+
+    @property
+    def algo(self) -> str:
+        return str(self.state["algo"])
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def __call__(self, observation: dict[str, Any], mask: Sequence[bool]) -> int:
+        torch = self._torch
+        ids, num = self.preprocessor.transform_observation(observation)
+        with torch.inference_mode():
+            action = self.algorithm.greedy_action(
+                torch.from_numpy(ids).unsqueeze(0).to(self.device),
+                torch.from_numpy(num).unsqueeze(0).to(self.device),
+                torch.tensor([list(mask)], dtype=torch.bool, device=self.device),
+            )
+        return int(action[0])
+
+
+@dataclass
+class OpponentResult:
+    """One opponent's row of the report."""
+
+    opponent: str
+    battles: int = 0
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    turns: int = 0
+    decisions: int = 0
+    illegal_actions: int = 0
+    refused_choices: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        low, high = wilson_interval(self.wins, self.battles)
+        return {
+            "opponent": self.opponent,
+            "battles": self.battles,
+            "wins": self.wins,
+            "losses": self.losses,
+            "ties": self.ties,
+            "win_rate": self.wins / self.battles if self.battles else 0.0,
+            "win_rate_ci95": [low, high],
+            "mean_turns": self.turns / self.battles if self.battles else 0.0,
+            "decisions": self.decisions,
+            "illegal_actions": self.illegal_actions,
+            "refused_choices": self.refused_choices,
+            "seconds": self.seconds,
+        }
+
+
+def parse_opponents(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"random,maxpower,heuristic"`` (or a list) -> validated opponent specs."""
+    from poke_rl.showdown.players import PlayerSpec
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    opponents = tuple(item.strip() for item in items if item.strip())
+    if not opponents:
+        raise PokeRLError("--opponents is empty: give e.g. random,maxpower,heuristic")
+    for item in opponents:
+        PlayerSpec.parse(item)  # raises PokeRLError naming the valid strategies
+    if len(set(opponents)) != len(opponents):
+        raise PokeRLError(f"--opponents names one opponent twice: {','.join(opponents)}")
+    return opponents
+
+
+@contextmanager
+def _server_url(server: str | None, port: int | None) -> Iterator[str]:
+    from poke_rl.collect import _check_reachable, websocket_url
+
+    if server:
+        url = websocket_url(server)
+        _check_reachable(url)
+        yield url
+        return
+    from poke_rl.showdown.server import local_server
+
+    with local_server(port) as running:
+        yield running.websocket_url
+
+
+def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]:
+    """Play ``options.battles`` battles against each opponent; the report as plain data."""
+    from poke_rl.collect import _check_format
+
+    if options.battles < 1 or options.concurrency < 1:
+        raise PokeRLError("--battles and --concurrency must be at least 1")
+    opponents = parse_opponents(options.opponents)
+    _check_format(options.battle_format)
+    import torch
+
+    torch.set_num_threads(max(1, options.torch_threads))
+    policy = CheckpointPolicy(checkpoint, options.device)
+    results: list[OpponentResult] = []
+    start = time.perf_counter()
+    with _server_url(options.server, options.port) as url:
+        for index, opponent in enumerate(opponents):
+            results.append(_play_opponent(policy, opponent, index, url, options))
+    rows = [result.to_dict() for result in results]
+    return {
+        "checkpoint": str(checkpoint),
+        "algo": policy.algo,
+        "step": policy.step,
+        "format": options.battle_format,
+        "battles_per_opponent": options.battles,
+        "opponents": rows,
+        "illegal_actions": sum(row["illegal_actions"] for row in rows),
+        "refused_choices": sum(row["refused_choices"] for row in rows),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _play_opponent(policy: CheckpointPolicy, opponent: str, index: int, url: str,
+                   options: OnlineOptions) -> OpponentResult:
+    from poke_env import AccountConfiguration, ServerConfiguration
+    from poke_env.concurrency import POKE_LOOP
+
+    from poke_rl.collect import _stop_listening
+    from poke_rl.showdown.players import PlayerSpec, PolicyPlayer
+
+    tag = secrets.token_hex(3)  # Showdown names are per server: unique across runs sharing one
+    finished: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    common = {
+        "server_configuration": ServerConfiguration(url, ""),
+        "battle_format": options.battle_format,
+        "max_concurrent_battles": options.concurrency,
+        "log_level": logging.ERROR,
+    }
+    agent = PolicyPlayer(
+        policy, account_configuration=AccountConfiguration(f"prlev{tag}a{index}", None),
+        seed=f"{options.seed}:agent:{index}", label=f"{policy.algo}@{policy.step}",
+        on_trajectory=finished.put, **common,
+    )
+    rival = PlayerSpec.parse(opponent).build(
+        account_configuration=AccountConfiguration(f"prlev{tag}o{index}", None),
+        seed=f"{options.seed}:opponent:{index}", **common,
+    )
+    result = OpponentResult(opponent=opponent)
+    progress = _Progress(options.progress, options.battles, opponent)
+    began = time.perf_counter()
+    future = asyncio.run_coroutine_threadsafe(
+        agent.battle_against(rival, n_battles=options.battles), POKE_LOOP
+    )
+    try:
+        last_event = time.monotonic()
+        while True:
+            failure = agent.failure or rival.failure
+            if failure is not None:
+                raise RuntimeError(f"a player failed while deciding: {failure!r}") from failure
+            try:
+                record = finished.get(timeout=0.2)
+            except queue.Empty:
+                if future.done() and finished.empty():
+                    break
+                if time.monotonic() - last_event > options.stall_timeout_s:
+                    raise PokeRLError(
+                        f"no battle finished in {options.stall_timeout_s:g} s on {url} against "
+                        f"{opponent} ({result.battles}/{options.battles} done): is the server "
+                        "healthy?"
+                    ) from None
+                continue
+            last_event = time.monotonic()
+            outcome = record["total_reward"]
+            result.battles += 1
+            result.wins += outcome > 0
+            result.losses += outcome < 0
+            result.ties += outcome == 0
+            result.turns += int(record["turns"])
+            progress.update(result.battles, result.wins)
+        future.result()
+    finally:
+        if not future.done():  # stopped early (error, Ctrl-C): battles in flight are abandoned
+            future.cancel()
+            # not one traceback per dropped battle (poke-env's and asyncio's, the run is ending)
+            for logger in (agent.logger, rival.logger, logging.getLogger("asyncio")):
+                logger.setLevel(logging.CRITICAL)
+        progress.close()
+        for player in (agent, rival):
+            _stop_listening(player, POKE_LOOP)
+    result.seconds = time.perf_counter() - began
+    result.decisions = agent.decisions
+    result.illegal_actions = agent.illegal_choices
+    result.refused_choices = agent.redecided
+    return result
+
+
+class _Progress:
+    """A rich bar on a terminal, else a plain line every quarter of an opponent's battles."""
+
+    def __init__(self, enabled: bool, total: int, opponent: str) -> None:
+        self.enabled, self.total, self.opponent = enabled, total, opponent
+        self._every = max(1, total // 4)
+        self._bar: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self._bar = Progress(
+                TextColumn(f"[bold]vs {opponent}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task(opponent, total=total, info="")
+            self._bar.start()
+
+    def update(self, done: int, wins: int) -> None:
+        info = f"won {wins}/{done}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, info=info)
+        elif self.enabled and (done % self._every == 0 or done == self.total):
+            print(f"eval vs {self.opponent}: {done}/{self.total} battles, {info}",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def print_online_report(report: dict[str, Any], as_json: bool = False) -> None:
+    """``poke-rl eval --online``'s output: a table (or one JSON object) on stdout."""
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{report['algo']} step {report['step']} online, {report['format']}, "
+        f"{report['battles_per_opponent']} battles per opponent ({report['seconds']:.0f} s)",
+        title_justify="left",
+    )
+    table.add_column("opponent", no_wrap=True)
+    for name in ("battles", "wins", "win rate", "95% CI", "turns", "illegal", "refused"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for row in report["opponents"]:
+        low, high = row["win_rate_ci95"]
+        table.add_row(
+            row["opponent"], str(row["battles"]), str(row["wins"]), f"{row['win_rate']:.1%}",
+            f"{low:.1%}–{high:.1%}", f"{row['mean_turns']:.1f}", str(row["illegal_actions"]),
+            str(row["refused_choices"]),
+        )
+    console = Console()
+    Console(width=max(console.width, 100)).print(table)  # 80 columns would cut the counters
