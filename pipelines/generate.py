@@ -11,9 +11,10 @@ always contains the taken action. The winner's last step has reward +1, the lose
 The same arguments give byte-identical output: every battle draws from its own numpy Generator
 seeded by ``(seed, battle index)``, so valid lines do not depend on the bad-record options.
 
-Regenerate the shipped sample (run from the repository root; no Makefile needed)::
+A synthetic corpus the size of the shipped sample (which is now real battles from a local
+Showdown server: data/README.md says how it was collected)::
 
-    .venv/bin/python -m pipelines.generate data/sample.jsonl.gz --battles 1000 --seed 7
+    .venv/bin/python -m pipelines.generate /tmp/synthetic.jsonl.gz --battles 1000 --seed 7
 
 A 1 GB corpus for benchmarks (about 36 KB per trajectory), every kind of bad record mixed in;
 measured ~30 MB/s on one core of a shared 2-core machine (34 s, 160 MB peak RSS)::
