@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from poke_rl.errors import PokeRLError
+from poke_rl.files import atomic_file, fsync_dir, temporary_sibling
 
 FORMAT = "poke-rl-checkpoint"
 FORMAT_VERSION = 1
@@ -42,19 +43,6 @@ REQUIRED_KEYS = (
 )
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems cannot open a folder; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path, also: Iterable[str | Path] = ()) -> None:
     """Write ``state`` to ``path`` atomically (temporary name, fsync, rename), then give it the
     extra names in ``also`` (each replaced atomically too)."""
@@ -62,24 +50,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, also: Iterable[str 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
     for extra in also:
         _link_atomic(path, Path(extra))
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _link_atomic(source: Path, target: Path) -> None:
     """``target`` becomes another name of ``source``'s bytes, replaced atomically."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(target)
     tmp.unlink(missing_ok=True)
     try:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import orjson
 
 from poke_rl.errors import PokeRLError
+from poke_rl.files import atomic_file, file_sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -19,17 +19,8 @@ SPLITS = ("train", "val")
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary name, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def load_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -76,16 +67,6 @@ def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
     return list(manifest["splits"][split]["shards"])
 
 
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(8 << 20):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
     """Problems with the listed shards (missing, wrong size, wrong sha256); empty if all good."""
     problems = []
@@ -98,7 +79,7 @@ def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
             size = path.stat().st_size
             if size != entry["bytes"]:
                 problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']}")
-            elif _file_sha256(path) != entry["sha256"]:
+            elif file_sha256(path) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest (corrupt)")
     return problems
 

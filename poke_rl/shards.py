@@ -22,6 +22,7 @@ import numpy as np
 
 from poke_rl.batch import FIELDS
 from poke_rl.errors import PokeRLError
+from poke_rl.files import atomic_file
 from poke_rl.schema import NUM_ACTIONS
 
 _NPY_VERSION = (1, 0)
@@ -61,24 +62,14 @@ def block_members(key: str, block: Mapping[str, np.ndarray]) -> list[tuple[str, 
 
 def write_shard(path: str | Path, blocks: Iterable[Mapping[str, np.ndarray]]) -> tuple[int, str]:
     """Write blocks to ``path`` atomically; return ``(bytes, "sha256:<hex>")``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as raw:
-            hashing = _HashingWriter(raw, digest)
-            with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for index, block in enumerate(blocks):
-                    for name, payload in block_members(f"{index:06d}", block):
-                        tar.addfile(_tar_member(name, len(payload)), io.BytesIO(payload))
-            raw.flush()
-            os.fsync(raw.fileno())
-            size = hashing.bytes_written
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return size, f"sha256:{digest.hexdigest()}"
+    with atomic_file(path) as raw:
+        hashing = _HashingWriter(raw, digest)
+        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for index, block in enumerate(blocks):
+                for name, payload in block_members(f"{index:06d}", block):
+                    tar.addfile(_tar_member(name, len(payload)), io.BytesIO(payload))
+    return hashing.bytes_written, f"sha256:{digest.hexdigest()}"
 
 
 class _HashingWriter(io.RawIOBase):

@@ -34,13 +34,13 @@ import pyarrow.parquet as pq
 from poke_rl import schema
 from poke_rl.errors import PokeRLError
 from poke_rl.features import FeatureConfig, Preprocessor
+from poke_rl.files import file_sha256, fsync_dir
 from poke_rl.manifest import FORMAT_VERSION, MANIFEST_NAME, write_json_atomic
 from poke_rl.prep import report
 from poke_rl.prep.inputs import (
     CHUNK_BYTES,
     InputFile,
     compressed_chunks,
-    file_sha256,
     plain_ranges,
     resolve_inputs,
 )
@@ -253,19 +253,11 @@ def _new_staging(out: Path) -> Path:
     return staging
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit(out: Path, staging: Path) -> None:
     """Swap a complete staging (it holds manifest.json) into ``out``; idempotent if interrupted."""
     items = [name for name in OUTPUT_ITEMS if (staging / name).exists()]
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here on, OUT holds no output
-    _fsync_dir(out)
+    fsync_dir(out)
     for number, name in enumerate(items):
         target = out / name
         if target.exists():
@@ -275,9 +267,9 @@ def commit(out: Path, staging: Path) -> None:
         os.replace(staging / name, target)
         if number == 0:
             pause_point("swap")
-    _fsync_dir(out)
+    fsync_dir(out)
     os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
-    _fsync_dir(out)
+    fsync_dir(out)
     shutil.rmtree(staging, ignore_errors=True)
 
 

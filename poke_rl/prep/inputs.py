@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +57,6 @@ def resolve_inputs(arguments: list[str]) -> list[InputFile]:
             if resolved not in found:
                 found[resolved] = InputFile(resolved, argument, resolved.stat().st_size)
     return [found[p] for p in sorted(found)]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(8 << 20):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
 
 
 def plain_ranges(path: Path, size: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
