@@ -120,3 +120,15 @@ def prepped_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "shards"
     run_prep([str(corpus)], out, PrepOptions(val_fraction=0.25, block_size=256, progress=False))
     return out
+
+
+def showdown_missing() -> str | None:
+    """Why the local Showdown server cannot run here (``make showdown`` installs it), or None."""
+    from poke_rl.errors import PokeRLError
+    from poke_rl.showdown.server import find_showdown
+
+    try:
+        find_showdown()
+    except PokeRLError as exc:
+        return str(exc)
+    return None

@@ -14,24 +14,18 @@ from typer.testing import CliRunner
 
 pytest.importorskip("poke_env", reason="poke-env is not installed (pip install poke-env==0.16.1)")
 
+from conftest import showdown_missing  # noqa: E402
+
 from poke_rl import schema  # noqa: E402
 from poke_rl.cli import app  # noqa: E402
 from poke_rl.collect import websocket_url  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
-from poke_rl.showdown.server import SHOWDOWN_DIR_ENV, find_showdown  # noqa: E402
+from poke_rl.showdown.server import SHOWDOWN_DIR_ENV  # noqa: E402
 
 runner = CliRunner()
 
 
-def _missing() -> str | None:
-    try:
-        find_showdown()
-    except PokeRLError as exc:
-        return str(exc)
-    return None
-
-
-MISSING = _missing()
+MISSING = showdown_missing()
 BATTLES = 4
 
 

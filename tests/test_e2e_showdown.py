@@ -15,20 +15,12 @@ from typer.testing import CliRunner
 
 pytest.importorskip("poke_env", reason="poke-env is not installed (pip install poke-env==0.16.1)")
 
+from conftest import showdown_missing  # noqa: E402
+
 from poke_rl.cli import app  # noqa: E402
-from poke_rl.errors import PokeRLError  # noqa: E402
-from poke_rl.showdown.server import find_showdown, group_pids, local_server  # noqa: E402
+from poke_rl.showdown.server import group_pids, local_server  # noqa: E402
 
-
-def _missing() -> str | None:
-    try:
-        find_showdown()
-    except PokeRLError as exc:
-        return str(exc)
-    return None
-
-
-MISSING = _missing()
+MISSING = showdown_missing()
 COLLECT_BATTLES = 8
 ONLINE_BATTLES = 4
 runner = CliRunner()

@@ -22,6 +22,7 @@ import pytest
 
 pytest.importorskip("poke_env", reason="poke-env is not installed (pip install poke-env==0.16.1)")
 
+from conftest import showdown_missing  # noqa: E402
 from poke_env.battle.battle import Battle  # noqa: E402
 from poke_env.battle.field import Field  # noqa: E402
 from poke_env.battle.weather import Weather  # noqa: E402
@@ -59,16 +60,7 @@ from poke_rl.showdown.vocab import (  # noqa: E402
     weather_id,
 )
 
-
-def _showdown_missing() -> str | None:
-    try:
-        find_showdown()
-    except PokeRLError as exc:
-        return str(exc)
-    return None
-
-
-MISSING = _showdown_missing()
+MISSING = showdown_missing()
 needs_server = pytest.mark.skipif(MISSING is not None, reason=f"no local Showdown: {MISSING}")
 
 
