@@ -49,14 +49,22 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def block_members(key: str, block: Mapping[str, np.ndarray]) -> list[tuple[str, bytes]]:
-    """The sorted ``(member name, payload)`` pairs of one block; checks names and row counts."""
+def block_problem(block: Mapping[str, np.ndarray]) -> str | None:
+    """What makes ``block`` not a block (a missing array, unequal row counts), or None."""
     missing = set(FIELDS) - set(block)
     if missing:
-        raise ValueError(f"block {key} lacks arrays {sorted(missing)}")
+        return f"lacks arrays {sorted(missing)}"
     rows = {len(block[name]) for name in FIELDS}
     if len(rows) != 1:
-        raise ValueError(f"block {key} has arrays of different lengths {rows}")
+        return f"has arrays of different lengths {sorted(rows)}"
+    return None
+
+
+def block_members(key: str, block: Mapping[str, np.ndarray]) -> list[tuple[str, bytes]]:
+    """The sorted ``(member name, payload)`` pairs of one block; checks names and row counts."""
+    problem = block_problem(block)
+    if problem:
+        raise ValueError(f"block {key} {problem}")
     return sorted((f"{key}.{name}.npy", npy_bytes(block[name])) for name in FIELDS)
 
 
@@ -239,12 +247,9 @@ def _pax_records(payload: bytes) -> dict[str, str]:
 
 
 def _complete(block: dict[str, np.ndarray], label: str, key: str | None) -> dict[str, np.ndarray]:
-    missing = set(FIELDS) - set(block)
-    if missing:
-        raise ShardError(f"shard {label} block {key} lacks {sorted(missing)} (truncated or corrupt)")
-    rows = {len(block[name]) for name in FIELDS}
-    if len(rows) != 1:
-        raise ShardError(f"shard {label} block {key} has arrays of different lengths")
+    problem = block_problem(block)
+    if problem:
+        raise ShardError(f"shard {label} block {key} {problem} (truncated or corrupt)")
     action = block["action"]
     if len(action) and (action.min() < 0 or action.max() >= NUM_ACTIONS):
         # a flipped byte here would otherwise surface as an indexing error far from the shard
