@@ -132,3 +132,21 @@ def showdown_missing() -> str | None:
     except PokeRLError as exc:
         return str(exc)
     return None
+
+
+def assert_checkpoints_equal(a: dict, b: dict) -> None:
+    """Two checkpoints hold bitwise the same training state: networks, targets, optimisers,
+    schedulers, step and loader position."""
+    import torch
+
+    assert a["step"] == b["step"]
+    for group in ("networks", "targets"):
+        for name, tensors in a["algo_state"][group].items():
+            for key, tensor in tensors.items():
+                assert torch.equal(tensor, b["algo_state"][group][name][key]), (group, name, key)
+    for name, opt_state in a["algo_state"]["optimizers"].items():
+        for index, state in opt_state["state"].items():
+            other = b["algo_state"]["optimizers"][name]["state"][index]
+            assert all(torch.equal(state[k], other[k]) for k in state), (name, index)
+    assert a["schedulers"] == b["schedulers"]
+    assert a["ranks"][0]["loader"] == b["ranks"][0]["loader"]

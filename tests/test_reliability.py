@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
-from conftest import write_synthetic_shards  # noqa: E402
+from conftest import assert_checkpoints_equal, write_synthetic_shards  # noqa: E402
 from test_prep import _run_killed, reference_decisions, reference_rows, tree_bytes  # noqa: E402
 
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
@@ -765,20 +765,6 @@ def _kill_at_torn_save(cmd: list[str], tear_at: int) -> str:
     return line
 
 
-def _assert_bitwise_equal(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    for group in ("networks", "targets"):
-        for name, tensors in a["algo_state"][group].items():
-            for key, tensor in tensors.items():
-                assert torch.equal(tensor, b["algo_state"][group][name][key]), (group, name, key)
-    for name, opt_state in a["algo_state"]["optimizers"].items():
-        for index, state in opt_state["state"].items():
-            other = b["algo_state"]["optimizers"][name]["state"][index]
-            assert all(torch.equal(state[k], other[k]) for k in state), (name, index)
-    assert a["schedulers"] == b["schedulers"]
-    assert a["ranks"][0]["loader"] == b["ranks"][0]["loader"]
-
-
 def test_sigkill_while_last_pt_is_written_then_resume_is_bitwise_exact(
     synthetic_shards: Path, tmp_path: Path
 ) -> None:
@@ -813,7 +799,7 @@ def test_sigkill_while_last_pt_is_written_then_resume_is_bitwise_exact(
     # 4) resumed to the end
     finished = subprocess.run(resume, env=_env(), capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    _assert_bitwise_equal(load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(last))
+    assert_checkpoints_equal(load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(last))
     steps = [orjson.loads(x)["step"] for x in (killed / "metrics.jsonl").read_bytes().splitlines()]
     straight_steps = [orjson.loads(x)["step"] for x in (straight / "metrics.jsonl").read_bytes().splitlines()]
     assert steps == straight_steps
