@@ -48,6 +48,7 @@ import orjson
 from poke_rl import __version__
 from poke_rl.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from poke_rl.errors import PokeRLError
+from poke_rl.files import atomic_file
 from poke_rl.manifest import load_manifest, require_fresh, write_json_atomic
 
 ALGO_NAMES = ("iql", "cql", "bc")
@@ -284,10 +285,8 @@ class MetricsLog:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line)
-        write_bytes = b"".join(line + b"\n" for line in kept)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_bytes(write_bytes)
-        os.replace(tmp, self.path)
+        with atomic_file(self.path) as handle:
+            handle.write(b"".join(line + b"\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         self._handle.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
