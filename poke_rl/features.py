@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import schema
+from . import dex, schema
 from .batch import FeatureSpec
 
 ID_DTYPE = np.int16
@@ -41,7 +41,7 @@ TOXIC_SPIKES_LAYERS = 2
 # Vocabularies of id columns: the schema's, plus the statuses (0..6).
 FEATURE_VOCAB_SIZES: dict[str, int] = {**schema.VOCAB_SIZES, "status": len(STATUS_NAMES)}
 
-Encoding = Literal["id", "scaled", "clipped", "onehot"]
+Encoding = Literal["id", "scaled", "clipped", "onehot", "dex"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class FeatureConfig:
     turn_clip: int = 300
     status_onehot: bool = True  # also one-hot the two active statuses in ``num``
     active_slot_onehot: bool = True  # active_slot one-hot in ``num`` (else an id, vocab "slot")
+    dex_features: bool = True  # the dex features of ``poke_rl.dex`` (types, matchups, damage)
 
     def __post_init__(self) -> None:
         if not (self.turn_scale > 0 and float(np.float32(self.turn_scale)) == self.turn_scale):
@@ -71,7 +72,8 @@ class Feature:
     ``scaled`` writes value / ``scale`` into ``num`` (bools as 0/1); ``clipped`` writes
     min(max(value, 0), ``clip``) / ``scale``; ``onehot`` writes one 0/1 column per class
     1..``classes``-1, class 0 (status none, slot 0) being the all-zero reference, so that the
-    all-zero observation (a terminal row's next state) featurises to all zeros.
+    all-zero observation (a terminal row's next state) featurises to all zeros. ``dex`` writes
+    ``poke_rl.dex.encode`` of all its sources at once (``dex.WIDTH`` columns, zero for zero ids).
     """
 
     name: str
@@ -96,6 +98,8 @@ class Feature:
 
     @property
     def width(self) -> int:
+        if self.encoding == "dex":
+            return dex.WIDTH
         return self.source_width * self.columns_per_value
 
     def describe(self) -> dict[str, Any]:
@@ -145,6 +149,8 @@ def feature_table(config: FeatureConfig) -> tuple[Feature, ...]:
         ),
         slot,
     ]
+    if config.dex_features:
+        table.append(F("dex", dex.SOURCES, "dex"))
     if config.status_onehot:
         table.append(
             F(
@@ -160,6 +166,8 @@ def feature_table(config: FeatureConfig) -> tuple[Feature, ...]:
 
 def _column_names(feature: Feature) -> list[str]:
     """Readable names of a feature's output columns (``team_hp[3]``, ``active_status=brn``)."""
+    if feature.encoding == "dex":
+        return [f"dex.{name}" for name in dex.feature_names()]
     base = []
     for name in feature.sources:
         spec = schema.FIELDS_BY_NAME[name]
@@ -176,11 +184,12 @@ def _column_names(feature: Feature) -> list[str]:
 
 
 def _source_paths() -> tuple[Path, ...]:
-    return (Path(__file__), Path(schema.__file__))
+    return (Path(__file__), Path(schema.__file__), Path(dex.__file__), dex.DEX_FILE)
 
 
 def read_feature_sources() -> bytes:
-    """The source bytes the fingerprint covers: this module and the schema, each named."""
+    """The source bytes the fingerprint covers: this module, the schema and the dex (code and
+    data), each named."""
     parts = []
     for path in _source_paths():
         data = path.read_bytes()
@@ -210,7 +219,7 @@ class Preprocessor:
     """Observation → (``ids`` int16 [N_ID], ``num`` float32 [N_NUM]), from ``feature_table``."""
 
     name = "poke_rl.features"
-    version = 1
+    version = 2  # 2: the dex features
     block_rows = 8192  # rows per cache block of the columnar path; does not change the output
 
     def __init__(self, config: FeatureConfig | None = None) -> None:
@@ -235,6 +244,7 @@ class Preprocessor:
         missing = [s.name for s in schema.OBSERVATION_FIELDS if s.name not in used]
         assert not missing, f"observation fields not featurised: {missing}"
         self._fingerprint: str | None = None
+        self._dex = dex.default_tables() if self.config.dex_features else None
 
     # -- description ---------------------------------------------------------------------------
 
@@ -326,6 +336,10 @@ class Preprocessor:
             block = slice(first, first + self.block_rows)
             for feature, cols in self._slices:
                 out = (ids if feature.array == "ids" else num)[block, cols]
+                if feature.encoding == "dex":
+                    assert self._dex is not None
+                    dex.encode({n: sources[n][block] for n in feature.sources}, out, self._dex)
+                    continue
                 start = 0
                 for name in feature.sources:
                     value = sources[name][block]
@@ -350,6 +364,12 @@ class Preprocessor:
         ids: list[int] = []
         num: list[float] = []
         for feature in self.table:
+            if feature.encoding == "dex":  # one implementation, on a one-row block
+                assert self._dex is not None
+                row = np.empty((1, dex.WIDTH), dtype=NUM_DTYPE)
+                dex.encode({n: _one_row(values[n]) for n in feature.sources}, row, self._dex)
+                num.extend(float(x) for x in row[0])
+                continue
             for name in feature.sources:
                 spec = schema.FIELDS_BY_NAME[name]
                 raw = values[name]
@@ -372,6 +392,11 @@ class Preprocessor:
                             1.0 if int(x) == c else 0.0 for c in range(1, feature.classes or 0)
                         )
         return np.array(ids, dtype=ID_DTYPE), np.array(num, dtype=NUM_DTYPE)
+
+
+def _one_row(value: Any) -> np.ndarray:
+    """A checked observation value as a [1, width] array, as the columnar path sees its block."""
+    return np.asarray(value if isinstance(value, list) else [value]).reshape(1, -1)
 
 
 def _row_count(columns: Mapping[str, np.ndarray]) -> int:

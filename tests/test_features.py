@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poke_rl import features, schema
+from poke_rl import dex, features, schema
 from poke_rl.batch import FIELDS, FeatureSpec
 from poke_rl.features import FeatureConfig, Preprocessor, columns_from_arrow
 
 REPO = Path(__file__).resolve().parents[1]
+NUM = 70 + dex.WIDTH  # the table's 70 columns plus the dex features
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_every_observation_field_is_used(pre: Preprocessor) -> None:
 
 
 def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
-    assert (pre.num_ids, pre.num_dim) == (29, 70)
+    assert (pre.num_ids, pre.num_dim) == (29, NUM)
     assert len(pre.id_vocabs) == pre.num_ids == len(pre.id_names())
     assert len(pre.num_names()) == pre.num_dim
     assert pre.id_vocabs.count("species") == 14 and pre.id_vocabs.count("status") == 8
@@ -107,18 +108,18 @@ def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
     layout = pre.layout()
     assert tuple(layout) == FIELDS
     assert layout["ids"] == layout["next_ids"] == {"shape": [29], "dtype": "int16"}
-    assert layout["num"] == layout["next_num"] == {"shape": [70], "dtype": "float32"}
+    assert layout["num"] == layout["next_num"] == {"shape": [NUM], "dtype": "float32"}
     assert layout["action"] == {"shape": [], "dtype": "int64"}
     assert layout["reward"] == {"shape": [], "dtype": "float32"}
     assert layout["done"] == {"shape": [], "dtype": "bool"}
     assert layout["mask"] == layout["next_mask"] == {"shape": [10], "dtype": "bool"}
     spec = pre.feature_spec()
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
-    assert spec.num_ids == 29 and spec.num_dim == 70 and spec.vocab_size("move") == 1024
+    assert spec.num_ids == 29 and spec.num_dim == NUM and spec.vocab_size("move") == 1024
     entry = pre.manifest_entry()
     assert entry == {
         "name": pre.name,
-        "version": 1,
+        "version": 2,
         "fingerprint": pre.fingerprint,
         "features": layout,
     }
@@ -132,7 +133,10 @@ def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
 
 def test_config_changes_the_table() -> None:
     plain = Preprocessor(FeatureConfig(status_onehot=False, active_slot_onehot=False))
-    assert (plain.num_ids, plain.num_dim) == (30, 70 - 12 - 5)
+    assert (plain.num_ids, plain.num_dim) == (30, NUM - 12 - 5)
+    no_dex = Preprocessor(FeatureConfig(dex_features=False))
+    assert (no_dex.num_ids, no_dex.num_dim) == (29, 70)
+    assert not any(name.startswith("dex.") for name in no_dex.num_names())
     assert plain.vocab_sizes["slot"] == 6
     with pytest.raises(ValueError):
         FeatureConfig(turn_scale=0.1)  # not float32-exact: the two paths could disagree
@@ -201,7 +205,7 @@ def test_columnar_equals_per_dict_on_random_observations(
     table = arrow_table(observations)
     ids, num = pre.transform_columns(columns_from_arrow(table, "obs_"))
     assert ids.shape == (len(observations), 29) and ids.dtype == np.int16
-    assert num.shape == (len(observations), 70) and num.dtype == np.float32
+    assert num.shape == (len(observations), NUM) and num.dtype == np.float32
     per_dict = [pre.transform_observation(obs) for obs in observations]
     assert bitwise_equal(ids, np.stack([i for i, _ in per_dict]))
     assert bitwise_equal(num, np.stack([n for _, n in per_dict]))
@@ -220,8 +224,8 @@ def test_block_size_does_not_change_the_output(
     expected, got = pre.transform_columns(columns), small.transform_columns(columns)
     assert bitwise_equal(expected[0], got[0]) and bitwise_equal(expected[1], got[1])
     ids, num = pre.transform_columns({k: v[:0] for k, v in columns.items()})
-    assert ids.shape == (0, 29) and num.shape == (0, 70)
-    out = (np.full((500, 29), -1, np.int16), np.full((500, 70), np.nan, np.float32))
+    assert ids.shape == (0, 29) and num.shape == (0, NUM)
+    out = (np.full((500, 29), -1, np.int16), np.full((500, NUM), np.nan, np.float32))
     returned = pre.transform_columns(columns, out=out)
     assert returned[0] is out[0] and returned[1] is out[1]
     assert bitwise_equal(out[0], expected[0]) and bitwise_equal(out[1], expected[1])
@@ -362,7 +366,7 @@ def test_fingerprint_is_stable_across_instances_cwd_time_and_processes(
 
 def test_fingerprint_changes_with_version_and_config(pre: Preprocessor) -> None:
     class Bumped(Preprocessor):
-        version = 2
+        version = 3
 
     assert Bumped().fingerprint != pre.fingerprint
     defaults = FeatureConfig()
@@ -371,6 +375,7 @@ def test_fingerprint_changes_with_version_and_config(pre: Preprocessor) -> None:
         "turn_clip": 301,
         "status_onehot": False,
         "active_slot_onehot": False,
+        "dex_features": False,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(FeatureConfig)}
     seen = {pre.fingerprint}
@@ -391,7 +396,7 @@ def test_fingerprint_covers_every_source_byte(
     pre: Preprocessor, tmp_path: Path, monkeypatch
 ) -> None:
     originals = features._source_paths()
-    assert {p.name for p in originals} == {"features.py", "schema.py"}
+    assert {p.name for p in originals} == {"features.py", "schema.py", "dex.py", "dex.json"}
     copies = []
     for path in originals:
         copy = tmp_path / path.name
