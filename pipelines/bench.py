@@ -39,18 +39,24 @@ RECIPES = (
     Recipe("loader", "Loader", "pipelines.bench_loader", (), (("--transitions", 1_000_000),)),
     Recipe("algos", "Algorithms", "pipelines.bench_algos", ()),
     Recipe("train", "Training run", "pipelines.bench_train", ()),
+    Recipe("compile", "torch.compile and host-to-device copies", "pipelines.bench_compile", ()),
 )
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` knows; kept here,
+    free of heavy imports, so every recipe can name its machine the same way."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    cpu = cpu_model()
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import torch
 

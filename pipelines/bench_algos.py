@@ -7,14 +7,13 @@ features). d3rlpy takes a flat float observation: it gets one as wide as our enc
 (ids x embedding dim + numeric), the same hidden sizes, batch size, learning rate, alpha and,
 like ours, two critics. d3rlpy is timed at its implementation level on a prepared torch batch
 (no numpy conversion), which is the most favourable measure for it. Prints a Markdown table
-(median of ``reps`` timings of ``updates`` updates each, after a warm-up; the contenders
-take turns inside every rep, so a busy shared machine slows them alike).
+(median, min and max of ``reps`` timings of ``updates`` updates each, after a warm-up; the
+contenders take turns inside every rep, so a busy shared machine slows them alike).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import warnings
@@ -22,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from pipelines.stats import SPREAD_HEADER, Spread
 from poke_rl.algos import make_algorithm
 from poke_rl.batch import Batch, FeatureSpec
 from poke_rl.models import ModelConfig
@@ -75,23 +75,43 @@ def random_batch(spec: FeatureSpec, batch_size: int, generator: torch.Generator)
     )
 
 
+def no_sync() -> None:
+    """Nothing to wait for: on CPU a call has finished when it returns."""
+
+
 def time_interleaved(
-    contenders: dict[str, Callable[[], object]], updates: int, reps: int, warmup: int
+    contenders: dict[str, Callable[[], object]],
+    updates: int,
+    reps: int,
+    warmup: int,
+    sync: Callable[[], object] = no_sync,
 ) -> dict[str, list[float]]:
     """Updates per second of each contender, ``reps`` timings of ``updates`` calls each after
     ``warmup`` calls; the contenders take turns within every rep, so load from other processes
-    on a shared machine falls on all of them alike."""
+    on a shared machine falls on all of them alike. ``sync`` waits for queued device work (CUDA
+    runs asynchronously): called before a timing starts and before it stops, never per call, so
+    the queue stays as full as in training."""
     for update in contenders.values():
         for _ in range(warmup):
             update()
+    sync()
     rates: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(reps):
         for label, update in contenders.items():
             start = time.perf_counter()
             for _ in range(updates):
                 update()
+            sync()
             rates[label].append(updates / (time.perf_counter() - start))
     return rates
+
+
+def device_sync(device: torch.device | str) -> Callable[[], object]:
+    """The ``sync`` for ``time_interleaved`` on ``device``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return no_sync
 
 
 def d3rlpy_cql_update(
@@ -177,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
             d3rlpy_note = f"d3rlpy not run: {error} (pip install d3rlpy==2.8.0)"
         else:
             contenders[D3RLPY_LABEL] = update
-    rates = time_interleaved(contenders, args.updates, args.reps, args.warmup)
-    rows = [(label, statistics.median(values), values) for label, values in rates.items()]
+    rates = time_interleaved(
+        contenders, args.updates, args.reps, args.warmup, device_sync(args.device)
+    )
+    rows = [(label, Spread.of(values), values) for label, values in rates.items()]
 
     command = "python -m pipelines.bench_algos " + " ".join(
         argv if argv is not None else sys.argv[1:]
@@ -188,13 +210,13 @@ def main(argv: list[str] | None = None) -> None:
         f"batch {args.batch_size}, {spec.num_ids} id columns x embed {model_config.embed_dim} + "
         f"{spec.num_dim} numeric = {obs_dim} encoder inputs, hidden {model_config.hidden_sizes}, "
         f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"median of {args.reps} x {args.updates} updates\n"
+        f"{SPREAD_HEADER} of {args.reps} x {args.updates} updates\n"
     )
-    print("| algorithm | updates/s (median) | all reps |")
+    print(f"| algorithm | updates/s, {SPREAD_HEADER} | all reps |")
     print("|---|---:|---|")
-    for label, median, rates in rows:
-        print(f"| {label} | {median:.1f} | {', '.join(f'{r:.1f}' for r in rates)} |")
-    by_label = {label: median for label, median, _ in rows}
+    for label, spread, rates in rows:
+        print(f"| {label} | {spread.text('.1f')} | {', '.join(f'{r:.1f}' for r in rates)} |")
+    by_label = {label: spread.median for label, spread, _ in rows}
     if D3RLPY_LABEL in by_label:
         ratio = by_label["poke-rl CQL"] / by_label[D3RLPY_LABEL]
         print(f"\nCQL vs d3rlpy DiscreteCQL: {ratio:.2f}x (target >= 2x)")

@@ -7,15 +7,15 @@ machine in this run: transitions/s into ready ``Batch``es of 256 with 0, 1 and 2
 ratio to an in-memory random gather of the same arrays (a replay buffer's way); the ratio to the
 seed's map-style Dataset (raw observation dicts featurised per sample in ``__getitem__``,
 per-sample default collate, on a subset); RSS after
-each of 3 epochs; time to first batch; storage = shard bytes / raw array bytes. Medians of reps.
-Prints a Markdown table.
+each of 3 epochs; time to first batch; storage = shard bytes / raw array bytes. Prints a Markdown
+table; rates are the median, min and max of their repetitions (the epochs, for the loader and the
+gather), ratios are of medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ import torch
 
 from pipelines.bench_features import SeedFeaturePreprocessor
 from pipelines.generate import GenConfig, iter_records
+from pipelines.stats import SPREAD_HEADER, Spread
 from poke_rl import loader as L
 from poke_rl.batch import FIELDS, Batch
 from poke_rl.features import FeatureConfig, feature_table
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-subset", type=int, default=5_000)
+    parser.add_argument("--seed-reps", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -226,25 +228,29 @@ def main(argv: list[str] | None = None) -> None:
 
     arrays = load_arrays(args.data, manifest)
     raw_bytes = sum(array.nbytes for array in arrays.values())
-    gather = statistics.median(bench_random_gather(arrays, args.epochs))
-    seed = statistics.median(bench_seed(args.seed_subset, 2))
+    gather_rates = Spread.of(bench_random_gather(arrays, args.epochs))
+    seed_rates = Spread.of(bench_seed(args.seed_subset, args.seed_reps))
+    gather, seed = gather_rates.median, seed_rates.median
     del arrays
 
     command = "python -m pipelines.bench_loader " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"\n`{command.strip()}` — {args.transitions:,} transitions × {raw_bytes // args.transitions:,} B, "
           f"batch {BATCH}, {os.cpu_count()} CPUs, torch {torch.__version__}\n")
-    print("| measure | value | aim |")
+    print(f"| measure | value: rates {SPREAD_HEADER}, ratios of medians | aim |")
     print("|---|---|---|")
-    print(f"| in-memory random gather (RAM replay buffer) | {gather / 1e6:.2f} M/s | |")
-    print(f"| seed map-style Dataset, {args.seed_subset:,}-row subset, 0 workers | {seed / 1e3:.1f} k/s | |")
+    print(f"| in-memory random gather (RAM replay buffer), {gather_rates.count} reps | "
+          f"{gather_rates.scaled(1e-6).text('.2f')} M/s | |")
+    print(f"| seed map-style Dataset, {args.seed_subset:,}-row subset, 0 workers, "
+          f"{seed_rates.count} reps | {seed_rates.scaled(1e-3).text('.1f')} k/s | |")
     best = 0.0
     for workers, result in results.items():
-        rate = statistics.median(result["rates"])
-        best = max(best, rate)
+        rates = Spread.of(result["rates"])
+        best = max(best, rates.median)
         rss = " → ".join(f"{r / 2**20:.0f}" for r in result["rss"])
-        print(f"| loader, {workers} workers | {rate / 1e6:.2f} M/s = {rate / gather:.2f} × gather, "
-              f"{rate / seed:.0f} × seed | ≥ 1.0 × (0.5 min), ≥ 100 × |")
-        print(f"| loader, {workers} workers: first batch / RSS per epoch (MiB) | "
+        print(f"| loader, {workers} workers, {rates.count} epochs | {rates.scaled(1e-6).text('.2f')} "
+              f"M/s = {rates.median / gather:.2f} × gather, {rates.median / seed:.0f} × seed | "
+              f"≥ 1.0 × (0.5 min), ≥ 100 × |")
+        print(f"| loader, {workers} workers: first batch (one run) / RSS per epoch (MiB) | "
               f"{result['first_batch_s']:.2f} s / {rss} | flat |")
     print(f"| best loader / gather | {best / gather:.2f} × | ≥ 1.0 × |")
     print(f"| storage: shard bytes / raw array bytes | {shard_bytes / raw_bytes:.4f} | ≤ 1.1 |")

@@ -18,8 +18,9 @@ machine in this run:
   four parts (flat = streaming);
 - tensor-shard bytes over the raw bytes of the arrays they hold.
 
-Prints a Markdown table (medians of ``--reps``). The machine may be shared: the load average
-is printed with the results.
+Prints a Markdown table: every measured figure as the median, min and max of ``--reps``
+repetitions, ratios of medians. The machine may be shared: the load average is printed with the
+results.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 import orjson
 
 from pipelines.generate import GenConfig, write_corpus
+from pipelines.stats import SPREAD_HEADER, Spread
 
 REPO = Path(__file__).resolve().parents[1]
 BATTLE_BYTES = 72_000  # ~two 36 KB lines per generated battle
@@ -137,22 +139,29 @@ def orjson_parse_s(paths: list[Path]) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-def seed_path(path: Path, limit_bytes: int) -> tuple[float, int, int]:
-    """The seed's way on the first ``limit_bytes`` of a file: (seconds, bytes, transitions)."""
+def seed_lines(path: Path, limit_bytes: int) -> tuple[list[str], int]:
+    """The first lines of ``path`` holding at least ``limit_bytes`` (or all), decoded, and their
+    size; read once, outside the timings, so every repetition of the seed's path times the same
+    work."""
+    lines = []
+    size = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            lines.append(line.decode("utf-8", "replace"))
+            size += len(line)
+            if size >= limit_bytes:
+                break
+    return lines, size
+
+
+def seed_path(lines: list[str]) -> tuple[float, int]:
+    """The seed's way on ``lines``: (seconds, transitions)."""
     torch = __import__("torch")
     torch.set_num_threads(1)
     from pipelines.bench_features import SeedFeaturePreprocessor
     from poke_rl.features import Preprocessor
 
     preprocess = SeedFeaturePreprocessor(Preprocessor().table)
-    lines = []
-    with open(path, "rb") as handle:
-        size = 0
-        for line in handle:
-            lines.append(line.decode("utf-8", "replace"))
-            size += len(line)
-            if size >= limit_bytes:
-                break
     start = time.perf_counter()
     transitions = []
     for line in lines:
@@ -169,7 +178,7 @@ def seed_path(path: Path, limit_bytes: int) -> tuple[float, int, int]:
     for t in transitions:
         preprocess(t["state"])
         preprocess(t["next_state"])
-    return time.perf_counter() - start, size, len(transitions)
+    return time.perf_counter() - start, len(transitions)
 
 
 def raw_array_bytes(manifest: dict) -> int:
@@ -197,16 +206,16 @@ def main(argv: list[str] | None = None) -> None:
 
     gc.disable()  # orjson floor: parse only, objects dropped at once
     orjson_runs = [orjson_parse_s(corpus) for _ in range(args.reps)]
-    orjson_s = statistics.median(r[0] for r in orjson_runs)
-    orjson_cpu = statistics.median(r[1] for r in orjson_runs)
     gc.enable()
+    orjson_wall = Spread.of(r[0] for r in orjson_runs)
+    orjson_cpu = Spread.of(r[1] for r in orjson_runs)
+    orjson_s = orjson_wall.median
     configs = {"1 worker": (1, None), "1 worker, serial": (1, 1), "2 workers": (2, None)}
-    prep_s: dict[str, float] = {}
-    prep_cpu: dict[str, float] = {}
+    prep_runs: dict[str, list[tuple[float, int, float]]] = {}
     for name, (workers, threads) in configs.items():
-        runs = [run_measured(prep_cmd(corpus, out, workers, threads)) for _ in range(args.reps)]
-        prep_s[name] = statistics.median(r[0] for r in runs)
-        prep_cpu[name] = statistics.median(r[2] for r in runs)
+        prep_runs[name] = [run_measured(prep_cmd(corpus, out, workers, threads)) for _ in range(args.reps)]
+    prep_s = {name: statistics.median(r[0] for r in runs) for name, runs in prep_runs.items()}
+    prep_cpu = {name: Spread.of(r[2] for r in runs) for name, runs in prep_runs.items()}
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     transitions = manifest["counts"]["transitions"]
     shard_bytes = sum(e["bytes"] for s in ("train", "val") for e in manifest["splits"][s]["shards"])
@@ -218,49 +227,67 @@ def main(argv: list[str] | None = None) -> None:
             run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep, expect="tensors"))
         )
         full_times.append(run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep)))
-    rebuild_s = statistics.median(r[0] for r in rebuild_times)
-    full_s = statistics.median(r[0] for r in full_times)
-    rebuild_cpu = statistics.median(r[2] for r in rebuild_times)
-    full_cpu = statistics.median(r[2] for r in full_times)
+    rebuild_wall = Spread.of(r[0] for r in rebuild_times)
+    full_wall = Spread.of(r[0] for r in full_times)
+    rebuild_cpu = Spread.of(r[2] for r in rebuild_times)
+    full_cpu = Spread.of(r[2] for r in full_times)
 
-    rss_one = run_measured(prep_cmd(paths[:1], out, 2))[1]
-    rss_four = run_measured(prep_cmd(paths[:4], out, 2))[1]
-    rss_one_w1 = run_measured(prep_cmd(paths[:1], out, 1))[1]
-    rss_four_w1 = run_measured(prep_cmd(paths[:4], out, 1))[1]
-    seed_s, seed_bytes, seed_transitions = seed_path(corpus[0], args.seed_mb * 1_000_000)
+    peak_rss = {  # (parts, workers) -> peak RSS of the prep tree, over the repetitions, in MiB
+        (count, workers): Spread.of(
+            run_measured(prep_cmd(paths[:count], out, workers))[1] for _ in range(args.reps)
+        ).scaled(2**-20)
+        for workers in (2, 1) for count in (1, 4)
+    }  # fmt: skip
+    lines, seed_bytes = seed_lines(corpus[0], args.seed_mb * 1_000_000)
+    seed_runs = [seed_path(lines) for _ in range(args.reps)]
+    seed_transitions = seed_runs[0][1]
+    del lines
     load_after = os.getloadavg()
     shutil.rmtree(out, ignore_errors=True)
 
     mb = json_bytes / 1e6
-    seed_mb_s = seed_bytes / 1e6 / seed_s
+    seed_rates = Spread.of(seed_bytes / 1e6 / r[0] for r in seed_runs)
+    seed_mb_s = seed_rates.median
+    seed_s = statistics.median(r[0] for r in seed_runs)
+
     def speed(name: str) -> str:
-        return (f"{mb / prep_s[name]:,.1f} MB/s, {transitions / prep_s[name]:,.0f} transitions/s; "
-                f"{prep_cpu[name]:.1f} CPU-s = {mb / prep_cpu[name]:,.1f} MB per CPU-s")  # fmt: skip
+        wall = Spread.of(mb / r[0] for r in prep_runs[name])
+        return (f"{wall.text(',.1f')} MB/s, {transitions / prep_s[name]:,.0f} transitions/s (median); "
+                f"{prep_cpu[name].text('.1f')} CPU-s = {mb / prep_cpu[name].median:,.1f} MB per CPU-s")  # fmt: skip
+
+    def rss(workers: int) -> str:
+        return (f"{workers} worker{'s' if workers > 1 else ''} {peak_rss[1, workers].text(',.0f')} → "
+                f"{peak_rss[4, workers].text(',.0f')} MiB")  # fmt: skip
+
+    def flat(workers: int) -> float:
+        return peak_rss[4, workers].median / peak_rss[1, workers].median
 
     rows = [
-        ("orjson parse only, 1 process", f"{mb / orjson_s:,.1f} MB/s; {orjson_cpu:.1f} CPU-s",
+        ("orjson parse only, 1 process",
+         f"{Spread.of(mb / r[0] for r in orjson_runs).text(',.1f')} MB/s; {orjson_cpu.text('.1f')} CPU-s",
          "1.00 (floor)"),
         ("prep, 1 worker (threads: parallel Arrow reads, chunk writes overlap the next parse)",
          speed("1 worker"), f"{orjson_s / prep_s['1 worker']:.2f} × orjson (aim ≥ 0.5)"),
         ("(CPU work: orjson CPU-s / prep CPU-s, independent of other load)", "",
-         f"{orjson_cpu / prep_cpu['1 worker, serial']:.2f} (serial), "
-         f"{orjson_cpu / prep_cpu['2 workers']:.2f} (2 workers)"),
+         f"{orjson_cpu.median / prep_cpu['1 worker, serial'].median:.2f} (serial), "
+         f"{orjson_cpu.median / prep_cpu['2 workers'].median:.2f} (2 workers)"),
         ("prep, 1 worker, serial (`threads=1`: one core)", speed("1 worker, serial"),
          f"{orjson_s / prep_s['1 worker, serial']:.2f} × orjson"),
         ("prep, 2 workers (processes, 1 thread each)", speed("2 workers"),
          f"{prep_s['1 worker, serial'] / prep_s['2 workers']:.2f} × 1 serial worker (aim ≥ 1.7); "
          f"{orjson_s / prep_s['2 workers']:.2f} × orjson"),
         (f"seed path (json.loads + per-sample preprocessing), first {seed_bytes / 1e6:.0f} MB",
-         f"{seed_mb_s:,.2f} MB/s, {seed_transitions / seed_s:,.0f} transitions/s",
+         f"{seed_rates.text(',.2f')} MB/s, {seed_transitions / seed_s:,.0f} transitions/s (median)",
          f"prep 2 workers = {mb / prep_s['2 workers'] / seed_mb_s:,.0f} × seed (aim ≥ 20)"),
         ("rebuild after a preprocessor change (1 worker)",
-         f"{rebuild_s:.1f} s vs full prep {full_s:.1f} s ({rebuild_cpu:.1f} vs {full_cpu:.1f} CPU-s)",
-         f"{full_s / rebuild_s:.1f} × faster (aim ≥ 3); {full_cpu / rebuild_cpu:.1f} × less CPU"),
+         f"{rebuild_wall.text('.1f')} s vs full prep {full_wall.text('.1f')} s "
+         f"({rebuild_cpu.text('.1f')} vs {full_cpu.text('.1f')} CPU-s)",
+         f"{full_wall.median / rebuild_wall.median:.1f} × faster (aim ≥ 3); "
+         f"{full_cpu.median / rebuild_cpu.median:.1f} × less CPU"),
         (f"peak RSS, whole prep tree, {paths[0].stat().st_size / 1e6:.0f} MB vs 4 × that",
-         f"2 workers {rss_one / 2**20:,.0f} → {rss_four / 2**20:,.0f} MiB; "
-         f"1 worker {rss_one_w1 / 2**20:,.0f} → {rss_four_w1 / 2**20:,.0f} MiB",
-         f"{rss_four / rss_one:.2f} × / {rss_four_w1 / rss_one_w1:.2f} × (flat = 1)"),
-        ("tensor shards / raw array bytes", f"{shard_bytes / 1e6:,.1f} MB / {raw_array_bytes(manifest) / 1e6:,.1f} MB",
+         f"{rss(2)}; {rss(1)}", f"{flat(2):.2f} × / {flat(1):.2f} × (flat = 1)"),
+        ("tensor shards / raw array bytes (exact, no repetitions)",
+         f"{shard_bytes / 1e6:,.1f} MB / {raw_array_bytes(manifest) / 1e6:,.1f} MB",
          f"{shard_bytes / raw_array_bytes(manifest):.3f} (aim ≤ 1.1)"),
     ]  # fmt: skip
     command = f"python -m pipelines.bench_prep --size-mb {args.size_mb} --part-mb {args.part_mb} " \
@@ -268,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"`{command}` — corpus {mb:,.0f} MB of JSONL in {len(corpus)} file(s), {transitions:,} "
           f"transitions; {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
           f"load average {load_before[0]:.1f} before / {load_after[0]:.1f} after (shared machine); "
-          f"medians of {args.reps} reps, wall clock of `run_prep` subprocesses (what `poke-rl prep --force` runs)\n")  # fmt: skip
+          f"{SPREAD_HEADER} of {args.reps} reps (ratios: of medians), wall clock of `run_prep` "
+          f"subprocesses (what `poke-rl prep --force` runs)\n")  # fmt: skip
     print("| measure | result | ratio |")
     print("|---|---|---|")
     for name, value, ratio in rows:

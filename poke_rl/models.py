@@ -290,9 +290,13 @@ def bc_policy_state(bc_state: Mapping[str, Any]) -> Mapping[str, torch.Tensor]:
     return bc_state["networks"]["policy"]
 
 
-def maybe_compile(function: Any, enabled: bool, device: torch.device) -> Any:
-    """``torch.compile(function)`` when asked for and on CUDA; the function itself otherwise
-    (compiling on CPU costs more start-up time than it saves on these small networks)."""
-    if enabled and device.type == "cuda":
+def maybe_compile(function: Any, enabled: bool | str, device: torch.device) -> Any:
+    """``torch.compile(function)`` when ``enabled`` is true and the device is CUDA, or when it is
+    ``"always"``; the function itself otherwise. True leaves CPU eager because compiling there
+    costs more start-up time than it saves on these small networks; ``"always"`` exists so that
+    ``pipelines/bench_compile`` can measure exactly that trade-off on a CPU-only machine."""
+    if isinstance(enabled, str) and enabled != "always":
+        raise PokeRLError(f'compile must be true, false or "always", got {enabled!r}')
+    if enabled == "always" or (enabled and device.type == "cuda"):
         return torch.compile(function)
     return function

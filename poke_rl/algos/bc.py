@@ -34,7 +34,7 @@ from poke_rl.models import (
 class BCConfig:
     lr: float = 3e-4
     seed: int = 0  # network initialisation
-    compile: bool = False  # torch.compile the loss on CUDA; ignored on CPU
+    compile: bool | str = False  # torch.compile the loss: true on CUDA only; "always" on CPU too
     debug_checks: bool = False  # validate masks every step on CUDA too (a host sync)
 
 

@@ -54,7 +54,7 @@ class IQLConfig:
     polyak_tau: float = 0.005
     lr: float = 3e-4
     seed: int = 0  # network initialisation
-    compile: bool = False  # torch.compile the losses on CUDA; ignored on CPU
+    compile: bool | str = False  # torch.compile the losses: true on CUDA only; "always" on CPU too
     debug_checks: bool = False  # validate masks every step on CUDA too (a host sync)
 
 
