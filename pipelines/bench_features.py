@@ -12,7 +12,8 @@ group as prep reads them), then times, single-threaded:
   tensors per field, normalised, concatenated (dicts prebuilt, not timed);
 - per-dict: ``Preprocessor.transform_observation`` (the live-play path; includes validation).
 
-Prints a Markdown table to paste into BENCHMARKS.md. Median (and best) of ``--reps`` interleaved repetitions.
+Prints a Markdown table to paste into BENCHMARKS.md: median, min and max of ``--reps``
+interleaved repetitions.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load their
 
 import argparse  # noqa: E402
 import io  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -35,7 +34,9 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from poke_rl import schema  # noqa: E402
+from pipelines.bench import cpu_model  # noqa: E402
+from pipelines.stats import SPREAD_HEADER, Spread  # noqa: E402
+from poke_rl import dex, schema  # noqa: E402
 from poke_rl.features import Feature, Preprocessor, columns_from_arrow  # noqa: E402
 
 
@@ -84,6 +85,12 @@ class SeedFeaturePreprocessor:
         ids: list[torch.Tensor] = []
         num: list[torch.Tensor] = []
         for feature in self.table:
+            if feature.encoding == "dex":  # the seed had none: per sample, as live play does it
+                row = np.zeros((1, dex.WIDTH), dtype=np.float32)
+                dex.encode({name: self._one_row(obs, name) for name in feature.sources}, row,
+                           dex.default_tables())
+                num.append(torch.from_numpy(row[0]))
+                continue
             for name in feature.sources:
                 length = schema.FIELDS_BY_NAME[name].length
                 value = obs.get(name)
@@ -106,32 +113,26 @@ class SeedFeaturePreprocessor:
                     num.append(onehot[:, 1:].to(torch.float32).reshape(-1))  # class 0: zeros
         return torch.cat(ids), torch.cat(num)
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    @staticmethod
+    def _one_row(obs: dict[str, Any], name: str) -> np.ndarray:
+        length = schema.FIELDS_BY_NAME[name].length
+        value = obs.get(name) or (0 if length is None else [])
+        if length is not None:
+            value = (list(value)[:length] + [0] * length)[:length]
+        return np.asarray(value).reshape(1, -1)
 
 
 def interleaved_rates(
     paths: dict[str, tuple[Callable[[], object], int]], reps: int
-) -> dict[str, tuple[float, float]]:
-    """Rows/s per path as (median, best) over ``reps``; paths take turns so noise hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in paths}
+) -> dict[str, Spread]:
+    """Rows/s per path over ``reps`` repetitions; paths take turns so noise hits all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(reps):
-        for name, (run, _rows) in paths.items():
+        for name, (run, rows) in paths.items():
             start = time.perf_counter()
             run()
-            times[name].append(time.perf_counter() - start)
-    return {
-        name: (rows / statistics.median(times[name]), rows / min(times[name]))
-        for name, (_run, rows) in paths.items()
-    }
+            rates[name].append(rows / (time.perf_counter() - start))
+    return {name: Spread.of(values) for name, values in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,21 +185,22 @@ def main(argv: list[str] | None = None) -> None:
         },
         args.reps,
     )
-    baseline = results[seed_name][0]
-    command = f"OMP_NUM_THREADS=1 python -m pipelines.bench_features --rows {args.rows}"
+    baseline = results[seed_name].median
+    command = f"OMP_NUM_THREADS=1 python -m pipelines.bench_features --rows {args.rows} --reps {args.reps}"
     if args.dict_rows != 10_000:
         command += f" --dict-rows {args.dict_rows}"
-    print(f"Features (N_ID {pre.num_ids}, N_NUM {pre.num_dim}), single thread, median of reps")
+    print(f"Features (N_ID {pre.num_ids}, N_NUM {pre.num_dim}), single thread, "
+          f"{SPREAD_HEADER} of {args.reps} reps")
     print(f"`{command}`")
     print(
         f"({cpu_model()}, Python {sys.version.split()[0]}, "
         f"numpy {np.__version__}, pyarrow {pa.__version__}, torch {torch.__version__})\n"
     )
     print(f"load average before the run: {load_before}\n")
-    print("| path | observations/s per core (median) | best rep | × seed baseline (medians) |")
-    print("|---|---:|---:|---:|")
-    for name, (median, best) in results.items():
-        print(f"| {name} | {median:,.0f} | {best:,.0f} | {median / baseline:,.1f} |")
+    print(f"| path | observations/s per core, {SPREAD_HEADER} | × seed baseline (medians) |")
+    print("|---|---:|---:|")
+    for name, rates in results.items():
+        print(f"| {name} | {rates.text(',.0f')} | {rates.median / baseline:,.1f} |")
 
 
 if __name__ == "__main__":
