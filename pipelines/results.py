@@ -11,7 +11,7 @@ pairings (``PAIRINGS``), so the corpus mixes strong, weak and exploring players;
 exists is kept, so an interrupted run resumes. Every stage is the real ``poke-rl`` command, printed
 before it runs; outputs go under ``--root`` (runs/results): corpus/, shards/, configs/, one folder
 per run, eval/*.json, report.md and curves.png (with matplotlib; the package does not need it).
-Runs (``RUNS``): bc, iql (from BC), cql (from scratch: the trainer initialises only IQL from BC),
+Runs (``RUNS``): bc, iql (from BC), cql (its Q-network's encoder from BC),
 iql-beta30 (IQL with beta = 30), and bc-wide / iql-wide (a 4x wider network).
 """
 
@@ -39,8 +39,8 @@ PAIRINGS = (
     ("heuristic:0.1", "random"),
     ("maxpower:0.3", "random"),
 )
-# run name -> (algorithm, algorithm options beyond its defaults, network size); IQL runs start
-# from the BC run of the same network size. iql-beta30: IQL's advantages are small here (sparse
+# run name -> (algorithm, algorithm options beyond its defaults, network size); IQL and CQL runs
+# start from the BC run of the same network size. iql-beta30: IQL's advantages are small here (sparse
 # +-1 rewards ~25 decisions away), so at the default beta = 3 its AWR weights stay near 1.
 SMALL = {"embed_dim": 16, "hidden_sizes": [128, 128]}  # trains in minutes on 2 CPU cores
 WIDE = {"embed_dim": 32, "hidden_sizes": [256, 256]}  # pipelines/configs/*.toml's size
@@ -158,7 +158,7 @@ def train_one(root: Path, name: str, steps: int, threads: int | None = None) -> 
     if (run_dir / "checkpoints" / "last.pt").exists() and _finished(run_dir, steps):
         return
     extra = []
-    if RUNS[name][0] == "iql":  # IQL's policy starts from BC's (the trainer refuses it for CQL)
+    if RUNS[name][0] in ("iql", "cql"):  # IQL's policy and CQL's encoder start from BC's
         bc = next(bc for bc, model in BC_OF_SIZE.items() if model == RUNS[name][2])
         extra = ["--init-from", str(root / bc / "checkpoints" / "best.pt")]
     run(["train", str(root / "shards"), "--config", str(write_config(root, name, steps)),
