@@ -119,9 +119,9 @@ def test_report_row_and_output(capsys: pytest.CaptureFixture) -> None:
     assert row["win_rate_ci95"] == pytest.approx([0.5981, 0.8581], abs=1e-4)
     report = {"checkpoint": "x.pt", "algo": "iql", "step": 9, "format": "gen9randombattle",
               "battles_per_opponent": 40, "opponents": [row], "illegal_actions": 0,
-              "refused_choices": 0, "seconds": 12.0}
+              "refused_choices": 0, "trapped_retries": 0, "seconds": 12.0}
     print_online_report(report, as_json=True)
     assert orjson.loads(capsys.readouterr().out) == report
     print_online_report(report)
     table = capsys.readouterr().out
-    assert "heuristic" in table and "75.0%" in table and "illegal" in table
+    assert "heuristic" in table and "75.0%" in table and "illegal" in table and "trapped" in table

@@ -249,6 +249,35 @@ def test_forced_switch_after_a_faint_allows_only_living_bench() -> None:
     assert obs["active_hp"] == 0.0 and obs["active_slot"] == 5
 
 
+def _refused_and_redecided(maybe_trapped: bool, first: int) -> RecordingPlayer:
+    """A player records ``first`` on a request, Showdown refuses it and asks again (same rqid);
+    the player records a move instead."""
+    player = RecordingPlayer(start_listening=False, on_trajectory=lambda _t: None)
+    active = {"moves": _full_moves(0), **({"maybeTrapped": True} if maybe_trapped else {})}
+    request = {"active": [active], "side": _side(list(range(6)), 0)}
+    battle = _battle(request)
+    obs, legal = _check(battle)
+    assert first in legal  # the mask cannot know about an unrevealed trapping ability
+    player._record(battle, obs, action_mask(legal), first)
+    battle.parse_request({"active": [{"moves": _full_moves(0), "trapped": True}],
+                          "side": _side(list(range(6)), 0), "rqid": 1})
+    obs, legal = _check(battle)
+    assert all(index < 4 for index in legal)  # now known trapped: moves only
+    player._record(battle, obs, action_mask(legal), 0)
+    steps = player._steps[battle.battle_tag]
+    assert len(steps) == 1 and steps[0]["action_type"] == 0  # the refused step was never played
+    return player
+
+
+def test_switch_refused_under_maybe_trapped_is_counted_apart() -> None:
+    trapped = _refused_and_redecided(maybe_trapped=True, first=4 + 2)
+    assert (trapped.redecided, trapped.trap_refused) == (1, 1)
+    # a refused switch without maybeTrapped, or a refused move, is a real disagreement
+    assert _refused_and_redecided(maybe_trapped=False, first=4 + 2).trap_refused == 0
+    move = _refused_and_redecided(maybe_trapped=True, first=1)
+    assert (move.redecided, move.trap_refused) == (1, 0)
+
+
 def test_player_spec_parsing() -> None:
     assert PlayerSpec.parse("heuristic:0.25") == PlayerSpec("heuristic", 0.25)
     assert PlayerSpec.parse("random").label == "random"

@@ -13,8 +13,11 @@ wins, losses, ties, win rate with its 95 % Wilson interval, mean turns, decision
 counters that a correct policy keeps at 0: ``illegal_actions`` (the policy asked for an action
 outside the legal mask; the player then plays a random legal one) and ``refused_choices``
 (Showdown refused a choice the mask allowed and asked again: a mask that disagrees with the
-server). Battles are not seedable from a client (Showdown draws the teams), so two runs differ
-within the interval.
+server). ``trapped_retries`` counts apart the one refusal a correct mask cannot avoid: a switch
+offered while Showdown's request said ``maybeTrapped`` (an opposing ability that traps may not be
+revealed yet), refused because the active Pokemon was trapped after all, then decided again.
+Battles are not seedable from a client (Showdown draws the teams), so two runs differ within the
+interval.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class OpponentResult:
     decisions: int = 0
     illegal_actions: int = 0
     refused_choices: int = 0
+    trapped_retries: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +138,7 @@ class OpponentResult:
             "decisions": self.decisions,
             "illegal_actions": self.illegal_actions,
             "refused_choices": self.refused_choices,
+            "trapped_retries": self.trapped_retries,
             "seconds": self.seconds,
         }
 
@@ -195,6 +200,7 @@ def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]
         "opponents": rows,
         "illegal_actions": sum(row["illegal_actions"] for row in rows),
         "refused_choices": sum(row["refused_choices"] for row in rows),
+        "trapped_retries": sum(row["trapped_retries"] for row in rows),
         "seconds": time.perf_counter() - start,
     }
 
@@ -269,7 +275,8 @@ def _play_opponent(policy: CheckpointPolicy, opponent: str, index: int, url: str
     result.seconds = time.perf_counter() - began
     result.decisions = agent.decisions
     result.illegal_actions = agent.illegal_choices
-    result.refused_choices = agent.redecided
+    result.refused_choices = agent.redecided - agent.trap_refused
+    result.trapped_retries = agent.trap_refused
     return result
 
 
@@ -318,14 +325,15 @@ def print_online_report(report: dict[str, Any], as_json: bool = False) -> None:
         title_justify="left",
     )
     table.add_column("opponent", no_wrap=True)
-    for name in ("battles", "wins", "win rate", "95% CI", "turns", "illegal", "refused"):
+    for name in ("battles", "wins", "win rate", "95% CI", "turns", "illegal", "refused",
+                 "trapped"):
         table.add_column(name, justify="right", no_wrap=True)
     for row in report["opponents"]:
         low, high = row["win_rate_ci95"]
         table.add_row(
             row["opponent"], str(row["battles"]), str(row["wins"]), f"{row['win_rate']:.1%}",
             f"{low:.1%}–{high:.1%}", f"{row['mean_turns']:.1f}", str(row["illegal_actions"]),
-            str(row["refused_choices"]),
+            str(row["refused_choices"]), str(row["trapped_retries"]),
         )
     console = Console()
     Console(width=max(console.width, 100)).print(table)  # 80 columns would cut the counters

@@ -53,11 +53,16 @@ class RecordingPlayer(Player):
         self.decisions = 0
         self.explored = 0
         self.redecided = 0  # a choice Showdown refused, decided again (the step is replaced)
+        # ... of which a switch offered while the request said "maybeTrapped": the client cannot
+        # know whether an unrevealed ability (Shadow Tag, Arena Trap, Magnet Pull) traps the
+        # active Pokemon, so the mask allows the switch and Showdown may refuse it.
+        self.trap_refused = 0
         self.no_choice = 0  # requests with no legal action in the 10-action space (default order)
         self.failure: BaseException | None = None  # first exception raised while deciding
         self._rng = random.Random(f"{seed}")
         self._steps: dict[str, list[dict[str, Any]]] = {}
         self._last_rqid: dict[str, Any] = {}
+        self._maybe_trapped: dict[str, bool] = {}
         super().__init__(*args, **kwargs)
 
     def pick(self, battle: AbstractBattle, observation: dict[str, Any], mask: list[bool],
@@ -112,11 +117,14 @@ class RecordingPlayer(Player):
         # Showdown answers a refused choice with the same request again, or with an updated one
         # ("update": true): the step it replaces was never played.
         if steps and (request.get("update") or (rqid is not None and rqid == self._last_rqid.get(tag))):
+            if steps[-1]["action_type"] == 1 and self._maybe_trapped.get(tag, False):
+                self.trap_refused += 1
             steps[-1] = step
             self.redecided += 1
         else:
             steps.append(step)
         self._last_rqid[tag] = rqid
+        self._maybe_trapped[tag] = bool((request.get("active") or [{}])[0].get("maybeTrapped"))
 
     def _battle_finished_callback(self, battle: AbstractBattle) -> None:
         try:
@@ -128,6 +136,7 @@ class RecordingPlayer(Player):
     def _finish(self, battle: AbstractBattle) -> None:
         steps = self._steps.pop(battle.battle_tag, [])
         self._last_rqid.pop(battle.battle_tag, None)
+        self._maybe_trapped.pop(battle.battle_tag, None)
         if self.on_trajectory is None or not steps:
             return
         reward = 1.0 if battle.won else -1.0 if battle.lost else 0.0
