@@ -52,6 +52,9 @@ MOVE_FEATURES = (
     "power", "accuracy", "physical", "special", "status", "stab", "effectiveness", "immune",
     "priority", "self_boost", "damage", "best_damage", "new_hazard", "removes_hazard",
 )
+# The move's own facts (a table row, ``DexTables.move_block``); the others depend on the battle.
+MOVE_STATIC = ("power", "accuracy", "physical", "special", "status", "priority", "self_boost")
+_STATIC_AT = [MOVE_FEATURES.index(name) for name in MOVE_STATIC]
 MATCHUP_FEATURES = ("offense", "defense", "faster")
 # Observation fields ``encode`` reads (the feature table lists them as the feature's sources).
 SOURCES = (
@@ -62,6 +65,9 @@ STAT_SCALE = np.float32(256.0)
 POWER_SCALE = np.float32(100.0)
 DAMAGE_SCALE = np.float32(400.0)
 DAMAGE_CLIP = np.float32(8.0)
+# Every product of two type-chart entries, the values a matchup can take.
+EFFECT_VALUES = np.array([0.0, 0.25, 0.5, 1.0, 2.0, 4.0], dtype=np.float32)
+SPECIES_BLOCK = len(TYPES) + 6  # per species: type multi-hot, base stats
 
 
 def feature_names() -> tuple[str, ...]:
@@ -80,12 +86,27 @@ WIDTH = len(feature_names())
 
 @dataclass(frozen=True)
 class DexTables:
-    """dex.json as arrays: species [S, 8] and moves [M, 9] float32, effectiveness [19, 19]."""
+    """dex.json as arrays, plus lookup tables derived from it once, so ``encode`` only gathers.
+
+    ``species`` [S, 8] and ``move`` [M, 9] are the file's rows (float32), ``effectiveness`` the
+    19 x 19 type chart (row and column 0, no type, neutral). Derived: ``species_block`` [S, 24]
+    (type multi-hot, base stats / 256), ``type_mask`` [S] (bit t set for each type t),
+    ``taken`` [S, 19] (the multiplier a species takes from each attacking type; 1 for the unknown
+    species), ``move_block`` [M, 7] (the ``MOVE_STATIC`` features) and ``pair`` [S, S] uint8, a
+    code of the matchup (``MATCHUP_FEATURES``) of a species against an opponent species, decoded
+    by ``pair_values`` [codes, 3]; code 0 (either species unknown) decodes to zeros.
+    """
 
     species: np.ndarray
     move: np.ndarray
     effectiveness: np.ndarray
     source: str
+    species_block: np.ndarray
+    type_mask: np.ndarray
+    taken: np.ndarray
+    move_block: np.ndarray
+    pair: np.ndarray
+    pair_values: np.ndarray
 
     @classmethod
     def from_file(cls, path: Path) -> DexTables:
@@ -100,9 +121,60 @@ class DexTables:
         chart = np.asarray(doc["effectiveness"], dtype=np.float32)
         if species[0].any() or move[0].any() or chart.shape != (len(TYPES) + 1,) * 2:
             raise ValueError(f"{path}: row 0 must be zeros and the chart 19 x 19")
-        for array in (species, move, chart):
+        return cls.build(species, move, chart, doc["source"])
+
+    @classmethod
+    def build(cls, species: np.ndarray, move: np.ndarray, chart: np.ndarray, source: str
+              ) -> DexTables:
+        f32 = np.float32
+        types = species[:, :2].astype(np.intp)  # [S, 2], 0 = none
+        block = np.zeros((len(species), SPECIES_BLOCK), dtype=f32)
+        for k in range(2):
+            present = types[:, k] > 0
+            block[present, types[present, k] - 1] = 1.0
+        block[:, len(TYPES):] = species[:, 2:] / STAT_SCALE
+        mask = ((1 << types[:, 0]) | (1 << types[:, 1])) & ~1  # bit 0 (no type) cleared
+        # taken[s, t]: attacking type t against species s (both of its types)
+        taken = chart[:, types[:, 0]].T * chart[:, types[:, 1]].T  # [S, 19]
+        taken[0] = 1.0
+        category = move[:, 1]
+        move_block = np.stack([
+            move[:, 2] / POWER_SCALE, move[:, 3] / f32(100.0), category == PHYSICAL,
+            category == SPECIAL, category == STATUS, move[:, 4] / f32(8.0), move[:, 6] / f32(4.0),
+        ], axis=1).astype(f32)
+        pair, pair_values = _pair_table(species, types, taken)
+        tables = cls(species, move, chart, source, block, mask.astype(np.int64), taken,
+                     move_block, pair, pair_values)
+        for array in (species, move, chart, block, tables.type_mask, taken, move_block, pair,
+                      pair_values):
             array.setflags(write=False)
-        return cls(species, move, chart, doc["source"])
+        return tables
+
+
+def _pair_table(species: np.ndarray, types: np.ndarray, taken: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The [S, S] matchup codes of (mon, opponent) and their decoding (see ``DexTables``)."""
+    hits = taken.copy()
+    hits[:, 0] = 0.0  # "no type" attacks with nothing: it never wins the max
+    # offense[a, b]: a's best type against b; defense[a, b]: b's best type against a
+    offense = np.maximum(hits.T[types[:, 0]], hits.T[types[:, 1]])
+    defense = offense.T
+    speed = np.sign(species[:, None, 7] - species[None, :, 7]).astype(np.intp)
+    index = {float(v): i for i, v in enumerate(EFFECT_VALUES)}
+    off = np.searchsorted(EFFECT_VALUES, offense)
+    dfn = np.searchsorted(EFFECT_VALUES, defense)
+    assert set(np.unique(offense).tolist()) <= set(index), "unexpected type-chart product"
+    code = 1 + (off * len(EFFECT_VALUES) + dfn) * 3 + (speed + 1)
+    code[0, :] = 0
+    code[:, 0] = 0
+    values = np.zeros((1 + len(EFFECT_VALUES) ** 2 * 3, 3), dtype=np.float32)
+    for o, offense_value in enumerate(EFFECT_VALUES):
+        for d, defense_value in enumerate(EFFECT_VALUES):
+            for faster in (-1, 0, 1):
+                values[1 + (o * len(EFFECT_VALUES) + d) * 3 + faster + 1] = (
+                    offense_value / np.float32(4.0), defense_value / np.float32(4.0), faster)
+    assert code.max() < 256
+    return code.astype(np.uint8), values
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,63 +190,64 @@ def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables
     beyond a table (which the schema's vocabulary sizes allow) read as unknown.
     """
     f32 = np.float32
+    n = len(out)
     own_id = _ids(sources["active_species_id"][:, 0], tables.species)
     opp_id = _ids(sources["opp_active_species_id"][:, 0], tables.species)
-    own, opp = tables.species[own_id], tables.species[opp_id]  # [n, 8]
-    own_types, opp_types = own[:, :2].astype(np.intp), opp[:, :2].astype(np.intp)
-    opp_known = opp_id != 0
-    columns: list[np.ndarray] = []
-    for types in (own_types, opp_types):  # multi-hot of types 1..18
-        columns.append(((types[:, :, None] == np.arange(1, len(TYPES) + 1)).any(axis=1)))
-    columns += [own[:, 2:] / STAT_SCALE, opp[:, 2:] / STAT_SCALE]
+    opp_known = (opp_id != 0)[:, None]
+    t = len(TYPES)
+    for side, ids in enumerate((own_id, opp_id)):  # own types, opp types, own stats, opp stats
+        block = tables.species_block[ids]
+        out[:, side * t : (side + 1) * t] = block[:, :t]
+        out[:, 2 * t + side * 6 : 2 * t + (side + 1) * 6] = block[:, t:]
 
-    move_ids = _ids(sources["active_moves"], tables.move)  # [n, 4]
-    moves = tables.move[move_ids]  # [n, 4, 9]
+    move_id = _ids(sources["active_moves"], tables.move)  # [n, 4]
+    moves = tables.move[move_id]  # [n, 4, 9]
     move_type = moves[..., 0].astype(np.intp)
     category = moves[..., 1]
-    attacking = (move_ids != 0) & (category != STATUS) & (category != 0)
-    stab = attacking & (move_type != 0) & (
-        (move_type == own_types[:, :1]) | (move_type == own_types[:, 1:])
-    )
-    chart = tables.effectiveness
-    raw_effect = chart[move_type, opp_types[:, None, 0]] * chart[move_type, opp_types[:, None, 1]]
-    effect = np.where(opp_known[:, None], raw_effect, f32(1.0))
+    attacking = (move_id != 0) & (category != STATUS) & (category != 0)
+    stab = attacking & ((tables.type_mask[own_id][:, None] >> move_type) & 1).astype(bool)
+    effect = tables.taken[opp_id[:, None], move_type]  # 1 against an unknown opponent
+    own, opp = tables.species[own_id], tables.species[opp_id]
     own_boosts = sources["active_boosts"].astype(f32)
     opp_boosts = sources["opp_active_boosts"].astype(f32)
-    physical = _stat(own[:, 3], own_boosts[:, 0]) / _stat(opp[:, 4], opp_boosts[:, 1], opp_known)
-    special = _stat(own[:, 5], own_boosts[:, 2]) / _stat(opp[:, 6], opp_boosts[:, 3], opp_known)
+    physical = _stat(own[:, 3], own_boosts[:, 0]) / _stat(opp[:, 4], opp_boosts[:, 1], opp_known[:, 0])
+    special = _stat(own[:, 5], own_boosts[:, 2]) / _stat(opp[:, 6], opp_boosts[:, 3], opp_known[:, 0])
     ratio = np.where(category == PHYSICAL, physical[:, None], special[:, None])
-    ratio = np.where(opp_known[:, None], ratio, f32(1.0))
+    ratio = np.where(opp_known, ratio, f32(1.0))
     damage = (moves[..., 2] * np.where(stab, f32(1.5), f32(1.0)) * effect
               * (moves[..., 3] / f32(100.0)) * moves[..., 5] * ratio)
     damage = np.where(attacking, np.minimum(damage / DAMAGE_SCALE, DAMAGE_CLIP), f32(0.0))
     best = attacking & (damage > 0) & (damage == damage.max(axis=1, keepdims=True))
-    opp_hazards = np.concatenate([sources[f] for f in HAZARD_FIELDS], axis=1) != 0  # [n, 4]
-    own_hazard = (np.concatenate([sources[f] for f in OWN_HAZARD_FIELDS], axis=1) != 0).any(1)
+    hazards = np.ones((n, len(HAZARD_FIELDS) + 1), dtype=bool)  # column 0: "no hazard move"
+    for k, field in enumerate(HAZARD_FIELDS):
+        hazards[:, k + 1] = sources[field][:, 0] != 0
+    own_hazard = np.zeros(n, dtype=bool)
+    for field in OWN_HAZARD_FIELDS:
+        own_hazard |= sources[field][:, 0] != 0
     hazard = moves[..., 7].astype(np.intp)
-    hazard_set = np.take_along_axis(
-        np.concatenate([np.ones_like(opp_hazards[:, :1]), opp_hazards], axis=1), hazard, axis=1
-    )
-    per_move = (
-        moves[..., 2] / POWER_SCALE, moves[..., 3] / f32(100.0), category == PHYSICAL,
-        category == SPECIAL, category == STATUS, stab,
-        np.where(attacking & opp_known[:, None], raw_effect / f32(4.0), f32(0.0)),
-        attacking & opp_known[:, None] & (raw_effect == 0), moves[..., 4] / f32(8.0),
-        moves[..., 6] / f32(4.0), damage, best, (hazard > 0) & ~hazard_set,
-        (moves[..., 8] != 0) & own_hazard[:, None],
-    )
-    columns.append(np.stack(per_move, axis=2).reshape(len(move_ids), -1))
+    per_move = np.empty((n, NUM_MOVES, len(MOVE_FEATURES)), dtype=f32)
+    per_move[..., _STATIC_AT] = tables.move_block[move_id]
+    dynamic = {
+        "stab": stab,
+        "effectiveness": np.where(attacking & opp_known, effect / f32(4.0), f32(0.0)),
+        "immune": attacking & opp_known & (effect == 0),
+        "damage": damage,
+        "best_damage": best,
+        "new_hazard": (hazard > 0) & ~np.take_along_axis(hazards, hazard, axis=1),
+        "removes_hazard": (moves[..., 8] != 0) & own_hazard[:, None],
+    }
+    for name, value in dynamic.items():
+        per_move[..., MOVE_FEATURES.index(name)] = value
+    start = 2 * SPECIES_BLOCK
+    out[:, start : start + per_move[0].size] = per_move.reshape(n, -1)
+    start += per_move[0].size
 
     team_id = _ids(sources["team_species"], tables.species)  # [n, 6]
-    team = tables.species[team_id]
-    columns.append(_matchup(own[:, None], own_id[:, None] != 0, opp, opp_known, chart)[:, 0])
-    columns.append(_matchup(team, team_id != 0, opp, opp_known, chart).reshape(len(team_id), -1))
-    start = 0
-    for column in columns:
-        width = column.shape[1]
-        out[:, start : start + width] = column
-        start += width
-    assert start == WIDTH, start
+    codes = np.empty((n, 1 + TEAM_SIZE), dtype=np.uint8)
+    codes[:, 0] = tables.pair[own_id, opp_id]
+    codes[:, 1:] = tables.pair[team_id, opp_id[:, None]]
+    out[:, start:] = tables.pair_values[codes].reshape(n, -1)
+    assert start + codes.shape[1] * len(MATCHUP_FEATURES) == WIDTH
 
 
 def _ids(values: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -189,26 +262,3 @@ def _stat(base: np.ndarray, boost: np.ndarray, known: np.ndarray | None = None) 
     multiplier = (f32(2.0) + np.maximum(boost, f32(0.0))) / (f32(2.0) - np.minimum(boost, f32(0.0)))
     stat = (f32(2.0) * base + f32(36.0)) * multiplier
     return stat if known is None else np.where(known, stat, f32(1.0))
-
-
-def _matchup(
-    mons: np.ndarray, known: np.ndarray, opp: np.ndarray, opp_known: np.ndarray, chart: np.ndarray
-) -> np.ndarray:
-    """[n, k, 3]: offense (best of the mon's types against the opponent), defense (best of the
-    opponent's types against the mon), each / 4, and faster (+1, 0, -1 by base speed)."""
-    f32 = np.float32
-    mine = mons[..., :2].astype(np.intp)  # [n, k, 2]
-    theirs = opp[:, None, :2].astype(np.intp)  # [n, 1, 2]
-
-    def best(attack: np.ndarray, defend: np.ndarray) -> np.ndarray:
-        # attack types [n, k, 2] against defender types [n, k, 2]; type 0 (none) attacks as 0.
-        effect = chart[attack, defend[..., None, 0]] * chart[attack, defend[..., None, 1]]
-        return np.where(attack != 0, effect, f32(0.0)).max(axis=-1)
-
-    theirs = np.broadcast_to(theirs, mine.shape)
-    valid = known & opp_known[:, None]
-    speed = np.sign(mons[..., 7] - opp[:, None, 7]).astype(f32)
-    features = np.stack(
-        [best(mine, theirs) / f32(4.0), best(theirs, mine) / f32(4.0), speed], axis=-1
-    )
-    return np.where(valid[..., None], features, f32(0.0))
