@@ -12,7 +12,8 @@ exists is kept, so an interrupted run resumes. Every stage is the real ``poke-rl
 before it runs; outputs go under ``--root`` (runs/results): corpus/, shards/, configs/, one folder
 per run, eval/*.json, report.md and curves.png (with matplotlib; the package does not need it).
 Runs (``RUNS``): bc, iql (from BC), cql (its Q-network's encoder from BC),
-iql-beta30 (IQL with beta = 30), and bc-wide / iql-wide (a 4x wider network).
+iql-beta30 / iql-beta100 (IQL with beta = 30 / 100), iql-beta30-tau0.9 (and expectile 0.9), and
+bc-wide / iql-wide (a 4x wider network).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ RUNS: dict[str, tuple[str, dict[str, float], dict[str, Any]]] = {
     "iql": ("iql", {}, SMALL),
     "cql": ("cql", {}, SMALL),
     "iql-beta30": ("iql", {"beta": 30.0}, SMALL),
+    "iql-beta100": ("iql", {"beta": 100.0}, SMALL),
+    "iql-beta30-tau0.9": ("iql", {"beta": 30.0, "tau": 0.9}, SMALL),
     "bc-wide": ("bc", {}, WIDE),
     "iql-wide": ("iql", {}, WIDE),
 }
