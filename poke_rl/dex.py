@@ -92,9 +92,12 @@ class DexTables:
     19 x 19 type chart (row and column 0, no type, neutral). Derived: ``species_block`` [S, 24]
     (type multi-hot, base stats / 256), ``type_mask`` [S] (bit t set for each type t),
     ``taken`` [S, 19] (the multiplier a species takes from each attacking type; 1 for the unknown
-    species), ``move_block`` [M, 7] (the ``MOVE_STATIC`` features) and ``pair`` [S, S] uint8, a
-    code of the matchup (``MATCHUP_FEATURES``) of a species against an opponent species, decoded
-    by ``pair_values`` [codes, 3]; code 0 (either species unknown) decodes to zeros.
+    species), ``move_block`` [M, 14] (a move slot's ``MOVE_FEATURES`` with the ``MOVE_STATIC``
+    ones filled, the others 0), ``move_columns`` (name -> [M] array of one per-move fact, for
+    gathers of one small array each) and ``pair`` [S, S] uint8, a code of the matchup
+    (``MATCHUP_FEATURES``) of a species against an opponent species, decoded by ``pair_values``
+    [codes, 3]; code 0 (either species unknown) decodes to zeros. ``taken`` and ``pair`` are
+    C-contiguous, read through flat indices.
     """
 
     species: np.ndarray
@@ -105,6 +108,7 @@ class DexTables:
     type_mask: np.ndarray
     taken: np.ndarray
     move_block: np.ndarray
+    move_columns: Mapping[str, np.ndarray]
     pair: np.ndarray
     pair_values: np.ndarray
 
@@ -138,15 +142,26 @@ class DexTables:
         taken = chart[:, types[:, 0]].T * chart[:, types[:, 1]].T  # [S, 19]
         taken[0] = 1.0
         category = move[:, 1]
-        move_block = np.stack([
+        static = (
             move[:, 2] / POWER_SCALE, move[:, 3] / f32(100.0), category == PHYSICAL,
             category == SPECIAL, category == STATUS, move[:, 4] / f32(8.0), move[:, 6] / f32(4.0),
-        ], axis=1).astype(f32)
+        )
+        move_block = np.zeros((len(move), len(MOVE_FEATURES)), dtype=f32)
+        for name, value in zip(MOVE_STATIC, static, strict=True):
+            move_block[:, MOVE_FEATURES.index(name)] = value
+        columns = {
+            "type": move[:, 0].astype(np.intp), "power": move[:, 2].copy(),
+            "accuracy": move[:, 3] / f32(100.0), "hits": move[:, 5].copy(),
+            "physical": category == PHYSICAL,
+            "attacking": (category != STATUS) & (category != 0),
+            "hazard": move[:, 7].astype(np.intp), "removal": move[:, 8] != 0,
+        }
+        columns["attacking"][0] = False  # id 0: no move
         pair, pair_values = _pair_table(species, types, taken)
-        tables = cls(species, move, chart, source, block, mask.astype(np.int64), taken,
-                     move_block, pair, pair_values)
-        for array in (species, move, chart, block, tables.type_mask, taken, move_block, pair,
-                      pair_values):
+        tables = cls(species, move, chart, source, block, mask.astype(np.int64),
+                     np.ascontiguousarray(taken), move_block, columns, pair, pair_values)
+        for array in (species, move, chart, block, tables.type_mask, tables.taken, move_block,
+                      pair, pair_values, *columns.values()):
             array.setflags(write=False)
         return tables
 
@@ -196,26 +211,26 @@ def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables
     opp_known = (opp_id != 0)[:, None]
     t = len(TYPES)
     for side, ids in enumerate((own_id, opp_id)):  # own types, opp types, own stats, opp stats
-        block = tables.species_block[ids]
+        block = np.take(tables.species_block, ids, axis=0)
         out[:, side * t : (side + 1) * t] = block[:, :t]
         out[:, 2 * t + side * 6 : 2 * t + (side + 1) * 6] = block[:, t:]
 
     move_id = _ids(sources["active_moves"], tables.move)  # [n, 4]
-    moves = tables.move[move_id]  # [n, 4, 9]
-    move_type = moves[..., 0].astype(np.intp)
-    category = moves[..., 1]
-    attacking = (move_id != 0) & (category != STATUS) & (category != 0)
-    stab = attacking & ((tables.type_mask[own_id][:, None] >> move_type) & 1).astype(bool)
-    effect = tables.taken[opp_id[:, None], move_type]  # 1 against an unknown opponent
-    own, opp = tables.species[own_id], tables.species[opp_id]
+    column = tables.move_columns
+    move_type = np.take(column["type"], move_id)
+    attacking = np.take(column["attacking"], move_id)
+    stab = attacking & ((np.take(tables.type_mask, own_id)[:, None] >> move_type) & 1).astype(bool)
+    effect = np.take(tables.taken, opp_id[:, None] * tables.taken.shape[1] + move_type)
+    own, opp = np.take(tables.species, own_id, axis=0), np.take(tables.species, opp_id, axis=0)
     own_boosts = sources["active_boosts"].astype(f32)
     opp_boosts = sources["opp_active_boosts"].astype(f32)
-    physical = _stat(own[:, 3], own_boosts[:, 0]) / _stat(opp[:, 4], opp_boosts[:, 1], opp_known[:, 0])
-    special = _stat(own[:, 5], own_boosts[:, 2]) / _stat(opp[:, 6], opp_boosts[:, 3], opp_known[:, 0])
-    ratio = np.where(category == PHYSICAL, physical[:, None], special[:, None])
+    known = opp_known[:, 0]
+    physical = _stat(own[:, 3], own_boosts[:, 0]) / _stat(opp[:, 4], opp_boosts[:, 1], known)
+    special = _stat(own[:, 5], own_boosts[:, 2]) / _stat(opp[:, 6], opp_boosts[:, 3], known)
+    ratio = np.where(np.take(column["physical"], move_id), physical[:, None], special[:, None])
     ratio = np.where(opp_known, ratio, f32(1.0))
-    damage = (moves[..., 2] * np.where(stab, f32(1.5), f32(1.0)) * effect
-              * (moves[..., 3] / f32(100.0)) * moves[..., 5] * ratio)
+    damage = (np.take(column["power"], move_id) * np.where(stab, f32(1.5), f32(1.0)) * effect
+              * np.take(column["accuracy"], move_id) * np.take(column["hits"], move_id) * ratio)
     damage = np.where(attacking, np.minimum(damage / DAMAGE_SCALE, DAMAGE_CLIP), f32(0.0))
     best = attacking & (damage > 0) & (damage == damage.max(axis=1, keepdims=True))
     hazards = np.ones((n, len(HAZARD_FIELDS) + 1), dtype=bool)  # column 0: "no hazard move"
@@ -224,17 +239,17 @@ def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables
     own_hazard = np.zeros(n, dtype=bool)
     for field in OWN_HAZARD_FIELDS:
         own_hazard |= sources[field][:, 0] != 0
-    hazard = moves[..., 7].astype(np.intp)
-    per_move = np.empty((n, NUM_MOVES, len(MOVE_FEATURES)), dtype=f32)
-    per_move[..., _STATIC_AT] = tables.move_block[move_id]
+    hazard = np.take(column["hazard"], move_id)
+    per_move = np.take(tables.move_block, move_id, axis=0)  # [n, 4, 14], static ones filled
+    attacks_known = attacking & opp_known
     dynamic = {
         "stab": stab,
-        "effectiveness": np.where(attacking & opp_known, effect / f32(4.0), f32(0.0)),
-        "immune": attacking & opp_known & (effect == 0),
+        "effectiveness": np.where(attacks_known, effect / f32(4.0), f32(0.0)),
+        "immune": attacks_known & (effect == 0),
         "damage": damage,
         "best_damage": best,
         "new_hazard": (hazard > 0) & ~np.take_along_axis(hazards, hazard, axis=1),
-        "removes_hazard": (moves[..., 8] != 0) & own_hazard[:, None],
+        "removes_hazard": np.take(column["removal"], move_id) & own_hazard[:, None],
     }
     for name, value in dynamic.items():
         per_move[..., MOVE_FEATURES.index(name)] = value
@@ -243,10 +258,14 @@ def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables
     start += per_move[0].size
 
     team_id = _ids(sources["team_species"], tables.species)  # [n, 6]
-    codes = np.empty((n, 1 + TEAM_SIZE), dtype=np.uint8)
-    codes[:, 0] = tables.pair[own_id, opp_id]
-    codes[:, 1:] = tables.pair[team_id, opp_id[:, None]]
-    out[:, start:] = tables.pair_values[codes].reshape(n, -1)
+    species_count = len(tables.species)
+    index = np.empty((n, 1 + TEAM_SIZE), dtype=np.intp)
+    index[:, 0] = own_id
+    index[:, 1:] = team_id
+    index *= species_count
+    index += opp_id[:, None]
+    codes = np.take(tables.pair, index)
+    out[:, start:] = np.take(tables.pair_values, codes, axis=0).reshape(n, -1)
     assert start + codes.shape[1] * len(MATCHUP_FEATURES) == WIDTH
 
 
