@@ -54,7 +54,6 @@ MOVE_FEATURES = (
 )
 # The move's own facts (a table row, ``DexTables.move_block``); the others depend on the battle.
 MOVE_STATIC = ("power", "accuracy", "physical", "special", "status", "priority", "self_boost")
-_STATIC_AT = [MOVE_FEATURES.index(name) for name in MOVE_STATIC]
 MATCHUP_FEATURES = ("offense", "defense", "faster")
 # Observation fields ``encode`` reads (the feature table lists them as the feature's sources).
 SOURCES = (

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import showdown_missing
 
 from poke_rl import dex
 from poke_rl.features import Preprocessor
 from poke_rl.showdown.vocab import default_vocabularies
-
-from conftest import showdown_missing
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = default_vocabularies()
