@@ -174,10 +174,11 @@ def _pair_table(species: np.ndarray, types: np.ndarray, taken: np.ndarray
     offense = np.maximum(hits.T[types[:, 0]], hits.T[types[:, 1]])
     defense = offense.T
     speed = np.sign(species[:, None, 7] - species[None, :, 7]).astype(np.intp)
-    index = {float(v): i for i, v in enumerate(EFFECT_VALUES)}
+    if not np.isin(offense, EFFECT_VALUES).all():
+        raise ValueError(f"dex type chart gives matchups outside {EFFECT_VALUES.tolist()}: "
+                         f"{np.setdiff1d(offense, EFFECT_VALUES).tolist()}")
     off = np.searchsorted(EFFECT_VALUES, offense)
     dfn = np.searchsorted(EFFECT_VALUES, defense)
-    assert set(np.unique(offense).tolist()) <= set(index), "unexpected type-chart product"
     code = 1 + (off * len(EFFECT_VALUES) + dfn) * 3 + (speed + 1)
     code[0, :] = 0
     code[:, 0] = 0

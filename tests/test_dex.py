@@ -154,3 +154,11 @@ def test_shipped_dex_matches_the_installed_showdown(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pipelines.build_dex", "--out", str(out)], cwd=REPO,
                    check=True, capture_output=True)
     assert json.loads(out.read_text()) == json.loads(dex.DEX_FILE.read_text())
+
+
+def test_a_type_chart_with_other_multipliers_is_refused() -> None:
+    tables = dex.default_tables()
+    chart = tables.effectiveness.copy()
+    chart[1, 2] = 3.0  # not a Showdown multiplier: the matchup codes could not represent it
+    with pytest.raises(ValueError, match="outside"):
+        dex.DexTables.build(tables.species.copy(), tables.move.copy(), chart, "test")
