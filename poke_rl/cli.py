@@ -177,7 +177,9 @@ def eval_command(
     ),
     battles: int = typer.Option(100, "--battles", "-n", min=1, help="Online: battles per opponent."),
     opponents: str = typer.Option(
-        "random,maxpower,heuristic", help="Online: opponents, comma-separated, each NAME[:EPSILON]."
+        "random,maxpower,heuristic",
+        help="Online: opponents, comma-separated, each NAME[:EPSILON]; NAME a baseline or a "
+        "checkpoint (.pt).",
     ),
     battle_format: str = typer.Option("gen9randombattle", "--format", help="Online: the format."),
     concurrency: int = typer.Option(8, min=1, help="Online: battles in flight at once."),
@@ -232,7 +234,9 @@ def collect(
     battles: int = typer.Option(10, "--battles", "-n", min=1, help="Battles to play."),
     battle_format: str = typer.Option("gen9randombattle", "--format", help="Random-battle format."),
     p1: str = typer.Option(
-        "heuristic:0.1", help="random, maxpower or heuristic, optionally :EPSILON (random-action rate)."
+        "heuristic:0.1",
+        help="random, maxpower, heuristic or a checkpoint (.pt), optionally :EPSILON "
+        "(random-action rate).",
     ),
     p2: str = typer.Option("random", help="The opponent, same syntax as --p1."),
     concurrency: int = typer.Option(4, min=1, help="Battles in flight at once."),

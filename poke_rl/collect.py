@@ -1,8 +1,8 @@
 """``poke-rl collect``: play battles on a Showdown server and record both players' trajectories.
 
-Two players (``PlayerSpec``: random, maxpower or heuristic, each optionally epsilon-greedy) play
-``battles`` battles, ``concurrency`` at a time, on a local server started for the run (or a given
-``ws://`` server). Each finished battle gives two JSONL lines, one per player, in the trajectory
+Two players (``PlayerSpec``: random, maxpower, heuristic or a trained checkpoint, each optionally
+epsilon-greedy) play ``battles`` battles, ``concurrency`` at a time, on a local server started for
+the run (or a given ``ws://`` server). Each finished battle gives two JSONL lines, one per player, in the trajectory
 format of DESIGN.md, that ``poke-rl prep`` accepts without rejections.
 
 An interrupted or failed run keeps the battles finished before it (whole lines only).

@@ -56,6 +56,13 @@ def test_collect_prep_train_and_play_online(tmp_path: Path) -> None:
             "--no-progress",
         ])
         assert result.exit_code == 0, result.output
+        # the trained agent collects data too (self-play / stronger-play corpora)
+        selfplay = tmp_path / "selfplay.jsonl"
+        played = runner.invoke(app, [
+            "collect", str(selfplay), "-n", "2", "--p1", f"{checkpoint}:0.1", "--p2", "heuristic",
+            "--concurrency", "2", "--server", url, "--no-progress",
+        ])
+        assert played.exit_code == 0, played.output
         pgid = server.pgid
     assert not group_pids(pgid)  # the server and its simulator processes are gone
 
@@ -74,3 +81,8 @@ def test_collect_prep_train_and_play_online(tmp_path: Path) -> None:
     # 4 in 487,349 decisions in RESULTS.md's runs: counted, not required to be 0
     assert 0 <= row["refused_choices"] <= 2
     assert row["decisions"] >= ONLINE_BATTLES and row["mean_turns"] >= 1
+
+    lines = [orjson.loads(line) for line in selfplay.read_bytes().splitlines()]
+    assert sorted(line["agent"] for line in lines) == [f"{checkpoint}:0.1"] * 2 + ["heuristic"] * 2
+    assert {line["player"] for line in lines} == {"p1", "p2"}
+    assert all(len(line["steps"]) >= 1 and line["steps"][-1]["done"] for line in lines)

@@ -85,6 +85,24 @@ def test_policy_plays_the_algorithms_greedy_legal_action(
             assert action == int(expected[0])
 
 
+def test_a_checkpoint_is_a_player(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from poke_rl.showdown.players import PlayerSpec, PolicyPlayer
+
+    path = str(checkpoints["iql"])
+    spec = PlayerSpec.parse(f"{path}:0.2")
+    assert spec == PlayerSpec("policy", 0.2, checkpoint=path)
+    assert spec.label == f"{path}:0.2" and PlayerSpec.parse(path).label == path
+    player = spec.build(start_listening=False)
+    assert isinstance(player, PolicyPlayer) and player.epsilon == 0.2
+    assert isinstance(player.policy, CheckpointPolicy) and player.policy.algo == "iql"
+    assert parse_opponents(f"heuristic,{path}") == ("heuristic", path)
+    for bad, message in ((str(tmp_path / "missing.pt"), "does not exist"),
+                         (f"{path}:x", "bad epsilon"), (f"{path}:1.5", "must be in"),
+                         (str(tmp_path), "unknown player")):
+        with pytest.raises(PokeRLError, match=message):
+            PlayerSpec.parse(bad)
+
+
 def test_checkpoint_of_another_preprocessor_is_refused(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -8,7 +8,8 @@ battle (DESIGN.md "Trajectory JSONL"). Strategies:
 - ``random``: uniform over the legal actions, from the player's seeded RNG.
 - ``maxpower`` / ``heuristic``: poke-env's MaxBasePowerPlayer / SimpleHeuristicsPlayer.
 - any of them with ``epsilon``: with that probability a uniform legal action instead.
-- ``PolicyPlayer``: any function (observation dict, mask) -> action index, e.g. a trained model.
+- ``PolicyPlayer``: any function (observation dict, mask) -> action index, e.g. a trained model;
+  ``PlayerSpec`` builds one from a checkpoint path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from poke_env.battle.abstract_battle import AbstractBattle
@@ -192,33 +194,53 @@ STRATEGIES: dict[str, type[RecordingPlayer]] = {
 }
 
 
+CHECKPOINT_SUFFIX = ".pt"
+
+
 @dataclass(frozen=True)
 class PlayerSpec:
-    """A strategy name and an exploration rate, written ``NAME`` or ``NAME:EPSILON``."""
+    """A player, written ``NAME`` or ``NAME:EPSILON``: NAME is a baseline strategy (``random``,
+    ``maxpower``, ``heuristic``) or the path of a trained checkpoint (``...pt``), which plays its
+    greedy masked action, so trained agents can collect data (self-play) and be opponents."""
 
-    strategy: str
+    strategy: str  # a key of STRATEGIES, or "policy" for a checkpoint
     epsilon: float = 0.0
+    checkpoint: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> PlayerSpec:
-        name, _, eps = text.strip().partition(":")
-        if name not in STRATEGIES:
-            raise PokeRLError(
-                f"unknown player {name!r}: use one of {', '.join(STRATEGIES)}, optionally with "
-                f"':EPSILON' (e.g. heuristic:0.1)"
-            )
+        text = text.strip()
+        name, eps = text, ""
+        head, sep, tail = text.rpartition(":")  # the last colon: a path may hold others
+        if sep and (head in STRATEGIES or head.endswith(CHECKPOINT_SUFFIX)):
+            name, eps = head, tail
         try:
             epsilon = float(eps) if eps else 0.0
         except ValueError:
             raise PokeRLError(f"bad epsilon in player {text!r}: expected a number in [0, 1]") from None
         if not 0.0 <= epsilon <= 1.0:
             raise PokeRLError(f"epsilon in player {text!r} must be in [0, 1]")
-        return cls(name, epsilon)
+        if name in STRATEGIES:
+            return cls(name, epsilon)
+        if name.endswith(CHECKPOINT_SUFFIX):
+            if not Path(name).is_file():
+                raise PokeRLError(f"player checkpoint {name} does not exist")
+            return cls("policy", epsilon, checkpoint=name)
+        raise PokeRLError(
+            f"unknown player {name!r}: use one of {', '.join(STRATEGIES)} or a checkpoint path "
+            f"ending in {CHECKPOINT_SUFFIX}, optionally with ':EPSILON' (e.g. heuristic:0.1)"
+        )
 
     @property
     def label(self) -> str:
-        return self.strategy if self.epsilon == 0.0 else f"{self.strategy}:{self.epsilon:g}"
+        name = self.checkpoint if self.checkpoint is not None else self.strategy
+        return name if self.epsilon == 0.0 else f"{name}:{self.epsilon:g}"
 
     def build(self, **kwargs: Any) -> RecordingPlayer:
         """A player of this strategy; ``kwargs`` go to ``RecordingPlayer`` and poke-env."""
+        if self.checkpoint is not None:
+            from poke_rl.showdown.online import CheckpointPolicy
+
+            return PolicyPlayer(CheckpointPolicy(self.checkpoint), epsilon=self.epsilon,
+                                label=self.label, **kwargs)
         return STRATEGIES[self.strategy](epsilon=self.epsilon, label=self.label, **kwargs)
