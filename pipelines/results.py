@@ -7,9 +7,10 @@ against the random, maxpower and heuristic bots).
 
 Collection runs ``--workers`` loops in parallel, each playing ``--chunks`` files of
 ``--chunk-battles`` battles (``poke-rl collect``, one local server per loop) over a fixed rotation of
-pairings (``PAIRINGS``), so the corpus mixes strong, weak and exploring players; a chunk that
-exists is kept, so an interrupted run resumes. Every stage is the real ``poke-rl`` command, printed
-before it runs; outputs go under ``--root`` (runs/results): corpus/, shards/, configs/, one folder
+pairings (``CORPORA[--corpus]``: ``mixed`` mixes strong, weak and exploring players, ``heuristic``
+is the heuristic against itself with exploration on one side or both); a chunk that exists is
+kept, so an interrupted run resumes. Every stage is the real ``poke-rl`` command, printed before
+it runs; outputs go under ``--root`` (runs/results): corpus/, shards/, configs/, one folder
 per run, eval/*.json, report.md and curves.png (with matplotlib; the package does not need it).
 Runs (``RUNS``): bc, iql (from BC), cql (its Q-network's encoder from BC),
 iql-beta30 / iql-beta100 (IQL with beta = 30 / 100), iql-beta30-tau0.9 (and expectile 0.9), and
@@ -32,14 +33,26 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 POKE_RL = Path(sys.executable).parent / "poke-rl"
-# (p1, p2): a strong player with a little exploration against weaker or noisier ones.
-PAIRINGS = (
-    ("heuristic:0.1", "maxpower:0.3"),
-    ("heuristic:0.3", "heuristic:0.1"),
-    ("heuristic:0.5", "maxpower:0.1"),
-    ("heuristic:0.1", "random"),
-    ("maxpower:0.3", "random"),
-)
+# --corpus NAME -> the pairings (p1, p2) its chunks rotate over.
+CORPORA = {
+    # mixed: a strong player with a little exploration against weaker or noisier ones.
+    "mixed": (
+        ("heuristic:0.1", "maxpower:0.3"),
+        ("heuristic:0.3", "heuristic:0.1"),
+        ("heuristic:0.5", "maxpower:0.1"),
+        ("heuristic:0.1", "random"),
+        ("maxpower:0.3", "random"),
+    ),
+    # heuristic: the heuristic against itself, one side or both exploring (epsilon 0 to 0.5), so
+    # every decision is the strongest baseline's or a deviation from it whose outcome is recorded.
+    "heuristic": (
+        ("heuristic:0.05", "heuristic:0.2"),
+        ("heuristic:0.1", "heuristic"),
+        ("heuristic:0.3", "heuristic"),
+        ("heuristic:0.2", "heuristic:0.05"),
+        ("heuristic:0.5", "heuristic"),
+    ),
+}
 # run name -> (algorithm, algorithm options beyond its defaults, network size); IQL and CQL runs
 # start from the BC run of the same network size. iql-beta30: IQL's advantages are small here (sparse
 # +-1 rewards ~25 decisions away), so at the default beta = 3 its AWR weights stay near 1.
@@ -107,20 +120,22 @@ def in_parallel(jobs: list[tuple[Any, tuple[Any, ...]]]) -> None:
         raise failures[0]
 
 
-def chunk_plan(workers: int, chunks: int) -> list[list[tuple[str, str, str, int]]]:
+def chunk_plan(workers: int, chunks: int,
+               pairings: tuple[tuple[str, str], ...] = CORPORA["mixed"],
+               ) -> list[list[tuple[str, str, str, int]]]:
     """Per worker, its chunks: (file name, p1, p2, seed); pairings rotate over workers and chunks."""
     plan = []
     for worker in range(workers):
         items = []
         for chunk in range(chunks):
-            p1, p2 = PAIRINGS[(chunk * workers + worker) % len(PAIRINGS)]
+            p1, p2 = pairings[(chunk * workers + worker) % len(pairings)]
             name = f"w{worker}-c{chunk}-{p1.replace(':', '_')}-vs-{p2.replace(':', '_')}.jsonl.gz"
             items.append((name, p1, p2, worker * 100 + chunk))
         plan.append(items)
     return plan
 
 
-def collect(root: Path, workers: int, chunks: int, chunk_battles: int) -> None:
+def collect(root: Path, workers: int, chunks: int, chunk_battles: int, corpus_name: str) -> None:
     corpus = root / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
 
@@ -131,7 +146,7 @@ def collect(root: Path, workers: int, chunks: int, chunk_battles: int) -> None:
             run(["collect", str(corpus / name), "-n", str(chunk_battles), "--p1", p1, "--p2", p2,
                  "--concurrency", "8", "--seed", str(seed), "--no-progress"])
 
-    in_parallel([(loop, (items,)) for items in chunk_plan(workers, chunks)])
+    in_parallel([(loop, (items,)) for items in chunk_plan(workers, chunks, CORPORA[corpus_name])])
 
 
 BEST_METRIC = {"bc": ("accuracy", "max"), "iql": ("accuracy", "max"), "cql": ("td_error", "min")}
@@ -297,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel collect loops")
     parser.add_argument("--chunks", type=int, default=10, help="chunk files per collect loop")
     parser.add_argument("--chunk-battles", type=int, default=1000)
+    parser.add_argument("--corpus", choices=list(CORPORA), default="mixed",
+                        help="which pairings the collect stage rotates over (CORPORA)")
     parser.add_argument("--bc-steps", type=int, default=10000)
     parser.add_argument("--iql-steps", type=int, default=10000)
     parser.add_argument("--cql-steps", type=int, default=10000)
@@ -319,7 +336,7 @@ def run_stages(options: argparse.Namespace) -> int:
         raise SystemExit(f"--runs takes any of {', '.join(RUNS)}; unknown: {unknown}")
     stages = ["collect", "prep", "train", "eval", "report"] if options.stage == "all" else [options.stage]
     if "collect" in stages:
-        collect(root, options.workers, options.chunks, options.chunk_battles)
+        collect(root, options.workers, options.chunks, options.chunk_battles, options.corpus)
     if "prep" in stages:
         run(["prep", str(root / "corpus"), str(root / "shards"), "--workers", "2", "--no-progress"])
     if "train" in stages:
