@@ -138,6 +138,9 @@ def train(
     eval_every: int = typer.Option(None, min=0, help="Steps between validations (2000)."),
     save_every: int = typer.Option(None, min=0, help="Steps between last.pt saves (5000)."),
     workers: int = typer.Option(None, min=0, help="DataLoader worker processes (0)."),
+    threads: int = typer.Option(
+        None, min=0, help="torch CPU threads (0: one per core); 1 on cores other jobs share."
+    ),
     config: Path = typer.Option(None, "--config", help="TOML file with any of these options."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -150,7 +153,7 @@ def train(
         "warmup_steps": warmup_steps, "run_dir": str(run_dir) if run_dir else None,
         "init_from": str(init_from) if init_from else None, "device": device, "seed": seed,
         "log_every": log_every, "eval_every": eval_every, "save_every": save_every,
-        "workers": workers, "progress": progress,
+        "workers": workers, "threads": threads, "progress": progress,
     }
     try:
         run_training(shards, options, config_file=config, resume=resume)

@@ -56,7 +56,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # Options a resumed run may change: they decide how it is watched, not what it computes.
 RESUMABLE_CHANGES = frozenset(
     {"log_every", "eval_every", "save_every", "snapshot_every", "eval_batches", "device",
-     "workers", "progress"}
+     "workers", "threads", "progress"}
 )
 
 
@@ -86,6 +86,10 @@ class TrainConfig:
     snapshot_every: int = 20_000  # step-NNNNNNN.pt; 0: none
     eval_batches: int = 50  # cap of each validation pass; 0: the whole val split
     workers: int = 0
+    # torch's CPU threads in this process; 0: torch's default (one per core). On cores other jobs
+    # share, 1 avoids threads spinning against each other (RESULTS.md: an IQL run beside a
+    # collection loop ran >20x slower with the default).
+    threads: int = 0
     best_metric: str = "accuracy"  # val metric that picks best.pt (every algorithm reports it)
     best_mode: str = "max"  # "max" or "min" (e.g. best_metric = "td_error", best_mode = "min")
     q_bound: float | None = None  # |Q| warning bound; None: r_max seen in data / (1 - gamma)
@@ -104,7 +108,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1")
         for name in ("warmup_steps", "eval_every", "save_every", "snapshot_every", "eval_batches",
-                     "workers"):
+                     "workers", "threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must not be negative")
         if not self.lr > 0:
@@ -392,6 +396,8 @@ class Trainer:
 
         self.dist = DistContext.from_env()
         self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.run_dir = Path(config.run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         if saved is None and (self.checkpoint_dir / "last.pt").exists():

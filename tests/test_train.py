@@ -64,6 +64,21 @@ def test_config_layers(tmp_path: Path, synthetic_shards: Path) -> None:
         resolve_config(synthetic_shards, {}, tmp_path / "broken.toml")
     with pytest.raises(PokeRLError, match="algo must be one of"):
         resolve_config(synthetic_shards, {"algo": "ppo"})
+    with pytest.raises(PokeRLError, match="threads must not be negative"):
+        resolve_config(synthetic_shards, {"threads": -1})
+
+
+def test_threads_sets_torch_threads(tmp_path: Path, synthetic_shards: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_train(synthetic_shards, tmp_path / "t", algo="bc", steps=2, threads=2)
+        assert torch.get_num_threads() == 2
+        assert json.loads((tmp_path / "t" / "config.json").read_text())["threads"] == 2
+        run_train(synthetic_shards, tmp_path / "d", algo="bc", steps=2)  # 0: left as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- a whole run: files and their contents -----------------------------------------------------
