@@ -324,10 +324,10 @@ def print_online_report(report: dict[str, Any], as_json: bool = False) -> None:
         f"{report['battles_per_opponent']} battles per opponent ({report['seconds']:.0f} s)",
         title_justify="left",
     )
-    table.add_column("opponent", no_wrap=True)
+    table.add_column("opponent", overflow="fold")  # a checkpoint path folds; counters stay whole
     for name in ("battles", "wins", "win rate", "95% CI", "turns", "illegal", "refused",
                  "trapped"):
-        table.add_column(name, justify="right", no_wrap=True)
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for row in report["opponents"]:
         low, high = row["win_rate_ci95"]
         table.add_row(
