@@ -2,8 +2,8 @@
 
 Two players (``PlayerSpec``: random, maxpower, heuristic or a trained checkpoint, each optionally
 epsilon-greedy) play ``battles`` battles, ``concurrency`` at a time, on a local server started for
-the run (or a given ``ws://`` server). Each finished battle gives two JSONL lines, one per player, in the trajectory
-format of DESIGN.md, that ``poke-rl prep`` accepts without rejections.
+the run (or a given ``ws://`` server). Each finished battle gives two JSONL lines, one per player,
+in the trajectory format of DESIGN.md, that ``poke-rl prep`` accepts without rejections.
 
 An interrupted or failed run keeps the battles finished before it (whole lines only).
 

@@ -53,7 +53,8 @@ from poke_rl.manifest import load_manifest, require_fresh, write_json_atomic
 
 ALGO_NAMES = ("iql", "cql", "bc")
 DEVICES = ("auto", "cpu", "cuda")
-# Options a resumed run may change: they decide how it is watched, not what it computes.
+# Options a resumed run may change: they decide how it is watched or run, not what it computes
+# (another thread count may change the last bits of CPU reductions, as another machine would).
 RESUMABLE_CHANGES = frozenset(
     {"log_every", "eval_every", "save_every", "snapshot_every", "eval_batches", "device",
      "workers", "threads", "progress"}
