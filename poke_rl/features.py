@@ -8,7 +8,8 @@ vocabulary or scale). From it derive:
 - ``Preprocessor.transform_observation``: a second, plain-Python implementation for one raw
   observation dict (live play), bitwise equal to the columnar path;
 - the output layout written into the manifest, the ``FeatureSpec`` the models read, and the
-  fingerprint (version, configuration, layout and the source bytes of this module and the schema).
+  fingerprint (version, configuration, layout, and the normalised syntax trees of this module,
+  the schema and the dex, with the dex data).
 
 Float features are one IEEE operation (a division) on a float32-exact input, so Python's float64
 arithmetic rounded to float32 equals float32 arithmetic exactly; that is what keeps the two paths
@@ -17,6 +18,7 @@ bitwise equal (and why ``FeatureConfig`` checks that its scales are float32-exac
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -187,12 +189,33 @@ def _source_paths() -> tuple[Path, ...]:
     return (Path(__file__), Path(schema.__file__), Path(dex.__file__), dex.DEX_FILE)
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """Drop every module, class and function docstring: they document, they do not compute."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def normalised_source(path: Path, data: bytes) -> bytes:
+    """What the fingerprint hashes of one source file: for Python, ``ast.dump`` of its syntax
+    tree without docstrings (comments, formatting and docstrings do not change it; any change of
+    code does); for data files, the bytes."""
+    if path.suffix != ".py":
+        return data
+    tree = _without_docstrings(ast.parse(data, filename=str(path)))
+    return ast.dump(tree, annotate_fields=True, include_attributes=False).encode()
+
+
 def read_feature_sources() -> bytes:
-    """The source bytes the fingerprint covers: this module, the schema and the dex (code and
-    data), each named."""
+    """What the fingerprint covers of the code and data: this module, the schema and the dex
+    (code as normalised syntax trees, data as bytes), each named."""
     parts = []
     for path in _source_paths():
-        data = path.read_bytes()
+        data = normalised_source(path, path.read_bytes())
         parts.append(f"{path.name}:{len(data)}:".encode() + data)
     return b"\n".join(parts)
 
@@ -200,7 +223,7 @@ def read_feature_sources() -> bytes:
 def compute_fingerprint(
     name: str, version: int, config: FeatureConfig, layout: Mapping[str, Any], sources: bytes
 ) -> str:
-    """``sha256:<hex>`` over the version, canonical config JSON, layout JSON and source bytes."""
+    """``sha256:<hex>`` over the version, canonical config JSON, layout JSON and the sources."""
     header = {
         "name": name,
         "version": int(version),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -392,27 +394,75 @@ def test_fingerprint_changes_with_layout(pre: Preprocessor, monkeypatch) -> None
     assert Preprocessor().fingerprint != pre.fingerprint
 
 
-def test_fingerprint_covers_every_source_byte(
-    pre: Preprocessor, tmp_path: Path, monkeypatch
-) -> None:
+@pytest.fixture
+def source_copies(tmp_path: Path, monkeypatch) -> dict[str, Path]:
+    """Copies of the fingerprinted sources, which the fingerprint then reads instead."""
     originals = features._source_paths()
     assert {p.name for p in originals} == {"features.py", "schema.py", "dex.py", "dex.json"}
-    copies = []
+    copies = {}
     for path in originals:
-        copy = tmp_path / path.name
-        shutil.copyfile(path, copy)
-        copies.append(copy)
-    monkeypatch.setattr(features, "_source_paths", lambda: tuple(copies))
-    # identical bytes somewhere else: the same fingerprint (the path does not count)
+        copies[path.name] = tmp_path / path.name
+        shutil.copyfile(path, copies[path.name])
+    monkeypatch.setattr(features, "_source_paths", lambda: tuple(copies.values()))
+    return copies
+
+
+def test_fingerprint_ignores_where_the_sources_lie(pre: Preprocessor, source_copies) -> None:
     assert Preprocessor().fingerprint == pre.fingerprint
-    for copy in copies:
-        data = copy.read_bytes()
-        for position in (0, len(data) // 2, len(data) - 1):
-            edited = bytearray(data)
-            edited[position] ^= 0x01
-            copy.write_bytes(bytes(edited))
-            assert Preprocessor().fingerprint != pre.fingerprint, (copy.name, position)
-        copy.write_bytes(data)
+
+
+@pytest.mark.parametrize("name", ["features.py", "schema.py", "dex.py"])
+def test_comments_formatting_and_docstrings_keep_the_fingerprint(
+    pre: Preprocessor, source_copies, name: str
+) -> None:
+    copy = source_copies[name]
+    text = copy.read_text()
+    edits = {
+        "comment": text.replace("\n\n\n", "\n\n\n# a new comment, which computes nothing\n\n\n", 1),
+        "blank lines and trailing spaces": text.replace("\n\n", "\n\n\n", 3).replace(":\n", ":  \n", 5),
+        "module docstring": '"""Reworded."""' + text[text.index('"""', 3) + 3:],
+    }
+    for label, edited in edits.items():
+        assert edited != text, label
+        copy.write_text(edited)
+        assert Preprocessor().fingerprint == pre.fingerprint, (name, label)
+    copy.write_text(text)
+
+
+@pytest.mark.parametrize("name", ["features.py", "schema.py", "dex.py"])
+def test_any_change_of_code_changes_the_fingerprint(
+    pre: Preprocessor, source_copies, name: str
+) -> None:
+    copy = source_copies[name]
+    text = copy.read_text()
+    # the same code moved: a function defined at the end instead of first
+    tree = ast.parse(text)
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    first = ast.get_source_segment(text, functions[0])
+    moved = text.replace(first, "", 1) + "\n\n" + first + "\n"
+    numbers = [m for m in re.finditer(r"(?<![\w.])([1-9][0-9]*)(?![\w.])", text)]
+    number = numbers[len(numbers) // 2]
+    edits = {
+        "function moved": moved,
+        "a constant changed": text[: number.start()] + str(int(number.group()) + 1) + text[number.end():],
+        "a statement added": text + "\nEXTRA = 1\n",
+    }
+    for label, edited in edits.items():
+        copy.write_text(edited)
+        assert Preprocessor().fingerprint != pre.fingerprint, (name, label)
+    copy.write_text(text)
+    assert Preprocessor().fingerprint == pre.fingerprint
+
+
+def test_every_byte_of_the_dex_data_counts(pre: Preprocessor, source_copies) -> None:
+    copy = source_copies["dex.json"]
+    data = copy.read_bytes()
+    for position in (0, len(data) // 2, len(data) - 1):
+        edited = bytearray(data)
+        edited[position] ^= 0x01
+        copy.write_bytes(bytes(edited))
+        assert Preprocessor().fingerprint != pre.fingerprint, position
+    copy.write_bytes(data)
     assert Preprocessor().fingerprint == pre.fingerprint
 
 
