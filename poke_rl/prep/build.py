@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import dataclasses
 import fcntl
 import multiprocessing
 import os
@@ -367,12 +368,13 @@ def _chunk_tasks(files: list[InputFile], chunk_bytes: int) -> Iterator[tuple[int
     index = 0
     for number, source in enumerate(files):
         if source.codec is None:
-            for start, end in plain_ranges(source.path, source.bytes, chunk_bytes):
-                yield number, end, ChunkTask(index, str(source.path), start, end)
+            for start, end, holes in plain_ranges(source.path, source.bytes, chunk_bytes):
+                yield number, end, ChunkTask(index, str(source.path), start, end, holes=holes)
                 index += 1
         else:
-            for data, consumed in compressed_chunks(source.path, source.codec, chunk_bytes):
-                yield number, consumed, ChunkTask(index, str(source.path), data=data)
+            for data, consumed, skipped in compressed_chunks(source.path, source.codec, chunk_bytes):
+                oversized = tuple(sorted(skipped.items()))
+                yield number, consumed, ChunkTask(index, str(source.path), data=data, oversized=oversized)
                 index += 1
 
 
@@ -414,7 +416,7 @@ def _full_build(
             for (number, consumed, task), outcome in runner.ordered(process_chunk, tasks):
                 duplicates = frozenset(key for key, _ in outcome.keys if key in seen)
                 if duplicates:  # rare: re-run the chunk, rejecting those trajectories
-                    redo = ChunkTask(task.index, task.path, task.start, task.end, task.data, duplicates)
+                    redo = dataclasses.replace(task, accepted_before=duplicates)
                     outcome = runner.run(process_chunk, redo, settings)
                 source = files[number]
                 seen.update(key for key, _ in outcome.keys)

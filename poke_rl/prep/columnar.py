@@ -35,6 +35,7 @@ MAX_LINE_BYTES = 64 << 20  # a longer line is rejected as too_large without pars
 SUB_BLOCK_BYTES = 4 << 20  # lines per Arrow call: one bad line re-reads at most this much
 _ARROW_KIND = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
 _NUMPY_KIND = {"int": np.int32, "float": np.float32, "bool": np.bool_}
+JSON_SPACE = b" \t\r"  # JSON whitespace within a line (RFC 8259: space, tab, LF, CR)
 _SUSPECT_TOKENS = (b"NaN", b"Inf")  # Arrow reads these literals; JSON (and orjson) does not
 _FLOAT_SLACK = 1e-9  # columnar reward sums flag a little early; the reference decides exactly
 _EXACT_SUM_LIMIT = 1e3  # Σ|reward| up to this: float64 summation error ≪ _FLOAT_SLACK
@@ -78,10 +79,15 @@ def duplicate_detail(replay_id: str | None, player: str | None) -> str:
 
 
 def trajectory_key(replay_id: str, player: str) -> bytes:
-    """A 16-byte digest of (replay_id, player) for duplicate detection across chunks."""
+    """A 16-byte digest of (replay_id, player) for duplicate detection across chunks.
+
+    The replay_id is length-prefixed, so no pair of strings can collide with another by moving
+    characters across the boundary (a separator byte could: ``("k\\0p1", "p2")`` and
+    ``("k", "p1\\0p2")``)."""
+    first = replay_id.encode("utf-8", "surrogatepass")
+    second = player.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(
-        replay_id.encode("utf-8", "surrogatepass") + b"\0" + player.encode("utf-8", "surrogatepass"),
-        digest_size=16,
+        len(first).to_bytes(8, "big") + first + second, digest_size=16
     ).digest()
 
 
@@ -344,7 +350,7 @@ def check_table(table: pa.Table, lines: np.ndarray) -> _Checked:
     action = np.where(is_switch, a_target_np + schema.NUM_MOVES, a_target_np)
     action = np.where(is_move | is_switch, action, 0).astype(np.int64)
     reward = _np(reward_array, 0.0).astype(np.float64)
-    step_bad |= ~np.isfinite(reward)
+    step_bad |= ~(np.abs(reward) <= schema.REWARD_LIMIT)  # the reference's bound: float32 max
     done = _np(done_array, False).astype(bool)
     step_bad |= done & ~last
 
@@ -499,9 +505,17 @@ def line_bounds(data: bytes) -> list[tuple[int, int]]:
 
 
 def parse_chunk(
-    data: bytes, accepted_before: frozenset[bytes] = frozenset(), threads: int = 1
+    data: bytes,
+    accepted_before: frozenset[bytes] = frozenset(),
+    threads: int = 1,
+    oversized: dict[int, int] | None = None,
 ) -> ChunkResult:
     """Validate and parse one chunk of whole lines (Arrow reads with ``threads`` threads).
+
+    ``oversized`` maps the byte offset of a line the reader skipped (its content left out of
+    ``data``, an empty line in its place) to its true size: it is rejected ``too_large``, as
+    is any line in ``data`` longer than ``MAX_LINE_BYTES`` (checked before anything else, so
+    a huge whitespace-only line is too_large too, whoever read it).
 
     ``accepted_before`` holds ``trajectory_key``s accepted in earlier chunks (the caller finds
     them); a trajectory with one is rejected as ``duplicate``, as is any later copy of a
@@ -518,18 +532,29 @@ def parse_chunk(
     suspect = [t for t in _SUSPECT_TOKENS if data.find(t[:1]) >= 0 and t in data]
     ascii_chunk = data.isascii()
     trajectories = 0
+    limit = MAX_LINE_BYTES
     for index, (start, end) in enumerate(bounds):
+        size = oversized.get(start) if oversized else None
+        if size is None and end - start > limit:
+            size = end - start
+        if size is not None:
+            trajectories += 1
+            rejects[index] = (None, f"too_large: {size} bytes, at most {limit}")
+            if group:
+                groups.append(group)
+                group, group_bytes = [], 0
+            continue
         braces = data[start : start + 1] == b"{" and data[end - 1 : end] == b"}"
         if not braces:
-            line = data[start:end].strip()
+            # only JSON whitespace: bytes.strip() would also take \x0b and \x0c, which JSON
+            # (and Arrow, and orjson) reject
+            line = data[start:end].strip(JSON_SPACE)
             if not line:
                 continue  # blank: Arrow skips it too, so it may sit inside a fast run
             braces = line[:1] == b"{" and line[-1:] == b"}"
         trajectories += 1
         fast = False
-        if end - start > MAX_LINE_BYTES:
-            rejects[index] = (None, f"too_large: {end - start} bytes, at most {MAX_LINE_BYTES}")
-        elif (
+        if (
             not braces
             or any(data.find(t, start, end) >= 0 for t in suspect)
             or (not ascii_chunk and not _utf8(data[start:end]))
@@ -571,7 +596,7 @@ def parse_chunk(
     accepted: list[schema.CheckedTrajectory] = []
     for index in slow:
         try:
-            line = data[bounds[index][0] : bounds[index][1]].strip()
+            line = data[bounds[index][0] : bounds[index][1]].strip(JSON_SPACE)
             trajectory = reference_check(line)
         except schema.Rejection as exc:
             rejects[index] = (_replay_id_of(line), exc.reason)

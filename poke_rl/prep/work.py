@@ -53,6 +53,8 @@ class ChunkTask:
     end: int = 0
     data: bytes | None = None  # compressed inputs: the main process hands over the bytes
     accepted_before: frozenset[bytes] = frozenset()  # keys of earlier chunks seen in this one
+    holes: tuple[tuple[int, int], ...] = ()  # plain: (file offset, size) of lines left unread
+    oversized: tuple[tuple[int, int], ...] = ()  # data: (offset in data, size) of skipped lines
 
 
 @dataclass
@@ -90,8 +92,11 @@ def staged_shard_name(index: int, split: str) -> str:
 
 def process_chunk(task: ChunkTask, settings: BuildSettings) -> ChunkOutcome:
     """Parse, validate and explode one chunk; write its Parquet part and tensor shards."""
-    data = task.data if task.data is not None else read_range(task.path, task.start, task.end)
-    result = parse_chunk(data, task.accepted_before, settings.parse_threads)
+    if task.data is not None:
+        data, oversized = task.data, dict(task.oversized)
+    else:
+        data, oversized = read_range(task.path, task.start, task.end, task.holes)
+    result = parse_chunk(data, task.accepted_before, settings.parse_threads, oversized)
     pause_point("parse")
     batch = result.batch
     exploded = explode(batch)
