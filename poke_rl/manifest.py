@@ -1,9 +1,19 @@
-"""``OUT/manifest.json``: what prep built, from what, with which preprocessor (DESIGN.md)."""
+"""``OUT/manifest.json``: what prep built, from what, with which preprocessor (DESIGN.md).
+
+A manifest may come from anyone, so it is data: ``validate_manifest`` checks its whole structure
+in one place (the local ``load_manifest`` and the loader's URL ``read_manifest`` both call it),
+and every shard path in it must be a plain relative path inside the folder (``shard_path_problem``;
+``shard_file`` also refuses one that resolves, through a symlink, to outside the folder). Nothing
+is stat'ed or opened before that.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +25,15 @@ from poke_rl.files import atomic_file, file_sha256
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+# One path component: starts with a letter, digit, ``_`` or ``-`` (so never ``.``, ``..`` or a
+# hidden name), then letters, digits, ``_``, ``-`` or ``.``. No ``:`` (no scheme, no drive), no
+# backslash, no control character, no ``~``, no empty component (no leading ``/``, no ``//``).
+_COMPONENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
+_SHARD_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_MAX_PATH = 1024
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MAX_INT = 2**63 - 1
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -23,24 +42,285 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
 
 
+class ManifestError(PokeRLError):
+    """A manifest that is not a poke-rl manifest (the message says what is wrong)."""
+
+
+def _where(out_dir: str | Path) -> str:
+    return str(Path(out_dir) / MANIFEST_NAME)
+
+
 def load_manifest(out_dir: str | Path) -> dict[str, Any]:
-    """Read and sanity-check a manifest; raise ``PokeRLError`` saying how to make one."""
-    path = Path(out_dir) / MANIFEST_NAME
+    """Read and validate ``OUT/manifest.json``; raise ``PokeRLError`` saying what is wrong."""
+    root = Path(out_dir)
+    path = root / MANIFEST_NAME
     if not path.is_file():
         raise PokeRLError(
             f"{out_dir} holds no {MANIFEST_NAME}: it is not a prep output; "
             f"run `poke-rl prep INPUT... {out_dir}`"
         )
+    inside_problem = _outside(root, MANIFEST_NAME)
+    if inside_problem:
+        raise ManifestError(f"{path} {inside_problem}: refusing to read it")
     try:
-        manifest = orjson.loads(path.read_bytes())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PokeRLError(f"cannot read {path} ({exc.strerror})") from None
+    return parse_manifest(data, str(path), out_dir)
+
+
+def parse_manifest(data: bytes, where: str, out_dir: str | Path = "OUT") -> dict[str, Any]:
+    """Parse and validate a manifest's bytes; ``where`` names it in the error."""
+    try:
+        manifest = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise PokeRLError(f"{path} is corrupt ({exc}); run `poke-rl prep --force ...`") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise PokeRLError(
-            f"{path} has format_version {manifest.get('format_version')!r} "
-            f"(expected {FORMAT_VERSION}); rebuild with `poke-rl prep --force ...`"
+        raise ManifestError(
+            f"{where} is not a poke-rl manifest: not JSON ({_one_line(str(exc))}); rebuild it "
+            f"with `poke-rl prep INPUT... {out_dir} --force`"
+        ) from None
+    return validate_manifest(manifest, where, out_dir)
+
+
+def validate_manifest(manifest: Any, where: str, out_dir: str | Path = "OUT") -> dict[str, Any]:
+    """Return ``manifest`` if it has the structure DESIGN.md gives (every key the tools read, with
+    the right JSON types, ints that are ints and not negative, sha256 digests, shard paths that are
+    plain relative paths inside the folder, no shard listed twice); else raise ``PokeRLError``:
+    ``<where> is not a poke-rl manifest: <what is wrong>``."""
+    if isinstance(manifest, dict):
+        version = manifest.get("format_version")
+        if _is_int(version) and version != FORMAT_VERSION:
+            raise ManifestError(
+                f"{where} has format_version {version} (expected {FORMAT_VERSION}); rebuild with "
+                f"`poke-rl prep INPUT... {out_dir} --force`"
+            )
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ManifestError(
+            f"{where} is not a poke-rl manifest: {problem}; rebuild it with "
+            f"`poke-rl prep INPUT... {out_dir} --force`"
         )
     return manifest
+
+
+def manifest_problem(manifest: Any) -> str | None:
+    """What makes ``manifest`` not a poke-rl manifest (the first problem found), or None."""
+    try:
+        _check_manifest(manifest)
+    except _Invalid as exc:
+        return str(exc)
+    return None
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: one line, ASCII, no control characters, at most ~60 chars:
+    ``null``, ``true``, ``-1``, ``'pipe:cat x'``, ``an array``, ``an object``."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None or isinstance(value, (bool, int, float)):
+        text = orjson.dumps(value).decode()
+    else:
+        text = ascii(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(text: str) -> str:
+    return ascii(" ".join(text.split()))[1:-1]
+
+
+def _json_kind(value: Any) -> str:
+    for kind, name in ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"),
+                       (list, "array"), (dict, "object")):  # fmt: skip
+        if isinstance(value, kind):
+            return f"a JSON {name}"
+    return "JSON null"
+
+
+def _get(node: dict, key: str, at: str, check: Callable[[Any, str], Any], required: bool = True) -> Any:
+    if key not in node:
+        if required:
+            raise _Invalid(f"{at}{key} is missing")
+        return None
+    return check(node[key], f"{at}{key}")
+
+
+def _object(value: Any, at: str) -> dict:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{at} is {_show(value)}, not an object")
+    return value
+
+
+def _array(value: Any, at: str) -> list:
+    if not isinstance(value, list):
+        raise _Invalid(f"{at} is {_show(value)}, not an array")
+    return value
+
+
+def _count(value: Any, at: str) -> int:
+    if not _is_int(value) or not 0 <= value <= _MAX_INT:
+        raise _Invalid(f"{at} is {_show(value)}, not a non-negative integer")
+    return value
+
+
+def _text(value: Any, at: str) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"{at} is {_show(value)}, not a string")
+    if _CONTROL.search(value):
+        raise _Invalid(f"{at} {_show(value)} holds a control character")
+    return value
+
+
+def _digest(value: Any, at: str) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise _Invalid(f"{at} is {_show(value)}, not \"sha256:\" and 64 hex digits")
+    return value
+
+
+def _fraction(value: Any, at: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+        math.isfinite(value) and 0 <= value <= 1
+    ):
+        raise _Invalid(f"{at} is {_show(value)}, not a number from 0 to 1")
+    return value
+
+
+def shard_path_problem(path: Any) -> str | None:
+    """Why ``path`` is not a plain relative shard path inside the folder, or None."""
+    if not isinstance(path, str):
+        return f"is {_show(path)}, not a path"
+    if len(path) > _MAX_PATH or not _SHARD_PATH.fullmatch(path):
+        return (
+            f"{_show(path)} is not a plain relative path inside the folder (no scheme such as "
+            "pipe: or http:, no absolute path, no '..' or '.', no backslash, no control "
+            "character, no empty part)"
+        )
+    return None
+
+
+def _shard_entry(value: Any, at: str) -> dict:
+    entry = _object(value, at)
+    path = _get(entry, "path", f"{at}.", lambda v, a: v)
+    problem = shard_path_problem(path)
+    if problem:
+        raise _Invalid(f"{at}.path {problem}")
+    _get(entry, "transitions", f"{at}.", _count)
+    _get(entry, "bytes", f"{at}.", _count)
+    _get(entry, "sha256", f"{at}.", _digest)
+    return entry
+
+
+def _feature(value: Any, at: str) -> dict:
+    spec = _object(value, at)
+    for index, size in enumerate(_get(spec, "shape", f"{at}.", _array)):
+        _count(size, f"{at}.shape[{index}]")
+    _get(spec, "dtype", f"{at}.", _text)
+    return spec
+
+
+def _check_manifest(manifest: Any) -> None:
+    if not isinstance(manifest, dict):
+        raise _Invalid(f"the top level is {_json_kind(manifest)}, not an object")
+    version = manifest.get("format_version")
+    if not _is_int(version):
+        raise _Invalid(
+            "format_version is missing" if "format_version" not in manifest
+            else f"format_version is {_show(version)}, not the integer {FORMAT_VERSION}"
+        )
+    pre = _get(manifest, "preprocessor", "", _object)
+    _get(pre, "fingerprint", "preprocessor.", _text)
+    _get(pre, "name", "preprocessor.", _text, required=False)
+    _get(pre, "version", "preprocessor.", _count, required=False)
+    features = _get(pre, "features", "preprocessor.", _object, required=False) or {}
+    for name, spec in features.items():
+        _text(name, "preprocessor.features key")
+        _feature(spec, f"preprocessor.features.{name}")
+    for index, item in enumerate(_get(manifest, "inputs", "", _array)):
+        entry = _object(item, f"inputs[{index}]")
+        _get(entry, "path", f"inputs[{index}].", _text)
+        _get(entry, "bytes", f"inputs[{index}].", _count, required=False)
+        _get(entry, "sha256", f"inputs[{index}].", _text, required=False)
+    counts = _get(manifest, "counts", "", _object)
+    _get(counts, "transitions", "counts.", _count)
+    for key, value in counts.items():
+        _text(key, "counts key")
+        _count(value, f"counts.{key}")
+    splits = _get(manifest, "splits", "", _object)
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        node = _get(splits, split, "splits.", _object)
+        _get(node, "transitions", f"splits.{split}.", _count)
+        for index, item in enumerate(_get(node, "shards", f"splits.{split}.", _array)):
+            at = f"splits.{split}.shards[{index}]"
+            path = _shard_entry(item, at)["path"]
+            if path in seen:
+                raise _Invalid(f"{at}.path {_show(path)} lists the shard of {seen[path]} twice")
+            seen[path] = at
+    block_size = _get(manifest, "block_size", "", _count)
+    if block_size < 1:
+        raise _Invalid(f"block_size is {block_size}, not a positive integer")
+    _get(manifest, "val_fraction", "", _fraction)
+
+
+def count_problems(manifest: dict[str, Any]) -> list[str]:
+    """Counts of a (validated) manifest that do not add up: each split's transitions against its
+    shards', ``counts.transitions`` against train + val, and where all four are recorded
+    ``trajectories`` against ``rejected + terminal + truncated`` (accepted = terminal + truncated)."""
+    problems = []
+    splits, counts = manifest["splits"], manifest["counts"]
+    for split in SPLITS:
+        listed = splits[split]["transitions"]
+        summed = sum(entry["transitions"] for entry in splits[split]["shards"])
+        if listed != summed:
+            problems.append(f"splits.{split}.transitions {listed} is not the sum of its shards' {summed}")
+    train, val = splits["train"]["transitions"], splits["val"]["transitions"]
+    if counts["transitions"] != train + val:
+        problems.append(f"counts.transitions {counts['transitions']} is not train {train} + val {val}")
+    keys = ("trajectories", "rejected", "terminal", "truncated")
+    if all(key in counts for key in keys):
+        trajectories, rejected, terminal, truncated = (counts[key] for key in keys)
+        if trajectories != rejected + terminal + truncated:
+            problems.append(
+                f"counts.trajectories {trajectories} is not accepted (terminal {terminal} + "
+                f"truncated {truncated}) + rejected {rejected}"
+            )
+    return problems
+
+
+def _outside(root: Path, relative: str) -> str | None:
+    """Why ``root / relative`` is outside ``root`` once symlinks are resolved, or None."""
+    try:
+        base = root.resolve()
+        target = (root / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        return f"cannot be resolved ({exc})"
+    if target != base and base not in target.parents:
+        return f"resolves to {target}, outside {root}"
+    return None
+
+
+def shard_file(out_dir: str | Path, relative: str) -> Path:
+    """The local file of a (validated) shard path; ``PokeRLError`` (not a ``ShardError``: never
+    skipped) if it is not a plain relative path or resolves through a symlink to outside the
+    folder. Call it before any stat or open of the shard."""
+    problem = shard_path_problem(relative)
+    if problem:
+        raise PokeRLError(f"shard path {problem}: refusing it")
+    outside = _outside(Path(out_dir), relative)
+    if outside:
+        raise PokeRLError(
+            f"shard {relative} of {out_dir} {outside} (a symlink?): refusing to read it; shards "
+            "must lie inside the folder named on the command line"
+        )
+    return Path(out_dir) / relative
 
 
 def prep_command(manifest: dict[str, Any], out_dir: str | Path) -> str:
@@ -68,11 +348,16 @@ def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
 
 
 def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
-    """Problems with the listed shards (missing, wrong size, wrong sha256); empty if all good."""
+    """Problems with the listed shards (outside the folder, missing, wrong size, wrong sha256);
+    empty if all good. ``manifest`` must be validated (``load_manifest``)."""
     problems = []
     for split in SPLITS:
         for entry in shard_entries(manifest, split):
-            path = Path(out_dir) / entry["path"]
+            try:
+                path = shard_file(out_dir, entry["path"])
+            except PokeRLError as exc:
+                problems.append(f"{entry['path']}: {exc}")
+                continue
             if not path.is_file():
                 problems.append(f"{entry['path']}: missing")
                 continue
@@ -85,27 +370,33 @@ def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
 
 
 def inspect_shards(out_dir: str | Path) -> bool:
-    """Print a prep output's manifest as a readable summary and verify every listed shard.
+    """Print a prep output's manifest as a readable summary, check that its counts add up and
+    verify every listed shard.
 
-    Returns False (after naming the bad shards on stderr) when a shard is missing or its size
-    or sha256 differs from the manifest. Raises ``PokeRLError`` when there is no manifest.
+    Returns False (after one error line on stderr naming every problem) when the counts do not
+    add up or a shard is outside the folder, missing, or its size or sha256 differs from the
+    manifest. Raises ``PokeRLError`` when there is no manifest or it is malformed.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     manifest = load_manifest(out_dir)
     console = Console()
-    pre = manifest.get("preprocessor", {})
-    counts = manifest.get("counts", {})
-    summary = Table(title=f"prep output {out_dir}", show_header=False)
+    pre = manifest["preprocessor"]
+    counts = manifest["counts"]
+    summary = Table(title=escape(f"prep output {out_dir}"), show_header=False)
     summary.add_column("", style="bold")
     summary.add_column("")
-    summary.add_row("preprocessor", f"{pre.get('name')} v{pre.get('version')} {pre.get('fingerprint')}")
-    for entry in manifest.get("inputs", []):
-        summary.add_row("input", f"{entry['path']} ({entry['bytes']:,} bytes)")
+    summary.add_row(
+        "preprocessor", escape(f"{pre.get('name')} v{pre.get('version')} {pre['fingerprint']}")
+    )
+    for entry in manifest["inputs"]:
+        size = f" ({entry['bytes']:,} bytes)" if "bytes" in entry else ""
+        summary.add_row("input", escape(f"{entry['path']}{size}"))
     for key, value in counts.items():
-        summary.add_row(key.replace("_", " "), f"{value:,}")
-    summary.add_row("val fraction / block size", f"{manifest.get('val_fraction')} / {manifest.get('block_size'):,}")
+        summary.add_row(escape(key.replace("_", " ")), f"{value:,}")
+    summary.add_row("val fraction / block size", f"{manifest['val_fraction']} / {manifest['block_size']:,}")
     console.print(summary)
 
     shards = Table(title="tensor shards")
@@ -125,15 +416,18 @@ def inspect_shards(out_dir: str | Path) -> bool:
     features.add_column("shape")
     features.add_column("dtype")
     for name, spec in pre.get("features", {}).items():
-        features.add_row(name, str(spec.get("shape")), str(spec.get("dtype")))
+        features.add_row(escape(name), str(spec["shape"]), escape(spec["dtype"]))
     console.print(features)
 
+    mismatched = count_problems(manifest)
     problems = verify_shards(manifest, out_dir)
-    if problems:
+    if mismatched or problems:
         # one line (DESIGN.md: an error is one line on stderr), never wrapped by a console width
-        named = "; ".join(f"bad shard {problem}" for problem in problems)
+        named = [f"counts do not add up: {'; '.join(mismatched)}"] if mismatched else []
+        named += [f"bad shard {problem}" for problem in problems]
+        tally = f"; {len(problems)} bad shard(s)" if problems else ""
         print(
-            f"error: {named}; {len(problems)} bad shard(s); rebuild with "
+            f"error: {'; '.join(named)}{tally}; rebuild with "
             f"`{prep_command(manifest, out_dir)} --force`",
             file=sys.stderr,
             flush=True,
