@@ -26,6 +26,17 @@ stream without gathering rows (the index arithmetic and RNG draws are replayed, 
 not), so the next batch is bitwise the one an uninterrupted run would have delivered. The cost is
 re-reading, from the start of the epoch, the bytes of the shards each worker had opened: at most
 the share of the epoch already consumed, at disk or network speed (no decoding, no gathering).
+
+Untrusted shards (DESIGN.md "Loader"). The manifest is validated whole before anything is opened
+(``manifest.validate_manifest``): its shard paths are plain relative paths inside the folder, and a
+local one that resolves through a symlink to outside the folder is refused (``manifest.shard_file``,
+checked when the loader is built and again before each read). Remote locations come only from the
+command line: ``http(s)://``, ``s3://``, ``gs://``/``gcs://`` and ``file://`` prefixes, opened with
+fsspec (refused, saying so, when fsspec or the scheme's package is missing); ``pipe:`` and every other
+scheme are refused, and webdataset's ``gopen`` is never used. Every shard is verified against the
+manifest's sha256 before its first block is used, once per process for a local file
+(``LoaderConfig.verify``; a remote shard is read whole and checked on every read), and every
+block's floats must be finite (``shards.iter_blocks``).
 """
 
 from __future__ import annotations
@@ -44,7 +55,6 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import numpy as np
-import orjson
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -71,6 +81,7 @@ class LoaderConfig:
     prefetch_factor: int = 2  # transfers in flight per worker
     batches_per_transfer: int = 8  # batches a worker hands over at once (one tensor)
     skip_corrupt: bool = False  # warn and skip a bad shard instead of raising ShardError
+    verify: bool = True  # check each shard's sha256 against the manifest on its first read
     rank: int | None = None
     world_size: int | None = None
 
@@ -87,42 +98,94 @@ class LoaderConfig:
 # Where the shards are
 
 
+URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "file")  # opened with fsspec
+
+
 def is_url(source: str | Path) -> bool:
-    """True for a URL webdataset's ``gopen`` opens (``http(s)://``, ``pipe:``, ``file:``...)."""
+    """True for anything that is not a plain local path: ``scheme://...``, and the ``pipe:`` and
+    ``file:`` forms webdataset knows (``check_url`` then refuses what is not supported)."""
     text = str(source)
     return "://" in text or text.startswith(("pipe:", "file:"))
+
+
+def check_url(source: str | Path) -> str:
+    """The URL prefix given on the command line, if it is one poke-rl opens (a scheme of
+    ``URL_SCHEMES``, through fsspec); else ``PokeRLError`` saying why."""
+    text = str(source)
+    if text.startswith("pipe:"):
+        raise PokeRLError(
+            f"{text!r}: pipe: locations run a shell command and are not supported; give a shards "
+            "folder or an http(s)://, s3://, gs:// or file:// URL"
+        )
+    scheme = text.split("://", 1)[0].lower() if "://" in text else text.split(":", 1)[0]
+    if "::" in text or scheme not in URL_SCHEMES:
+        raise PokeRLError(
+            f"{text!r}: this kind of location is not supported; give a shards folder or a URL "
+            f"starting with {', '.join(f'{s}://' for s in URL_SCHEMES)}"
+        )
+    return text
 
 
 def shard_location(source: str | Path, relative: str) -> str:
     """A shard's path or URL: the manifest's relative path joined to the folder or URL prefix."""
     if is_url(source):
-        return f"{str(source).rstrip('/')}/{relative}"
+        return f"{check_url(source).rstrip('/')}/{relative}"
     return str(Path(source) / relative)
 
 
 def open_location(location: str) -> IO[bytes]:
-    """Open a local path or a gopen URL for reading."""
-    if is_url(location):
-        from webdataset.gopen import gopen
+    """Open a local path, or a URL of ``URL_SCHEMES`` with fsspec, for reading (never gopen)."""
+    if not is_url(location):
+        return open(location, "rb")
+    check_url(location)
+    try:
+        import fsspec
+    except ImportError:
+        raise PokeRLError(
+            f"reading {location} needs fsspec (pip install fsspec, plus s3fs, gcsfs or aiohttp "
+            "for its scheme); or copy the shards to a local folder"
+        ) from None
+    try:
+        return fsspec.open(location, "rb").open()
+    except ImportError as exc:  # the scheme's implementation (s3fs, gcsfs, aiohttp) is missing
+        raise PokeRLError(f"cannot open {location}: {exc}") from None
 
-        return gopen(location, "rb")
-    return open(location, "rb")
+
+def _read_url(location: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a URL (``OSError``/``ValueError`` if it cannot be read)."""
+    with contextlib.closing(open_location(location)) as handle:
+        return handle.read(limit)
 
 
 def read_manifest(source: str | Path) -> dict[str, Any]:
-    """The manifest of a local prep output or of a URL prefix; ``PokeRLError`` if unusable."""
+    """The validated manifest of a local prep output or of a URL prefix; ``PokeRLError`` if
+    unusable. Both go through ``manifest.validate_manifest``."""
     if not is_url(source):
         return manifest_mod.load_manifest(source)
     location = shard_location(source, manifest_mod.MANIFEST_NAME)
     try:
-        with contextlib.closing(open_location(location)) as handle:
-            data = handle.read()
-        manifest = orjson.loads(data)
+        data = _read_url(location, _MAX_MANIFEST_BYTES + 1)
     except (OSError, ValueError) as exc:
         raise PokeRLError(f"cannot read {location} ({exc}); is {source} a prep output?") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != manifest_mod.FORMAT_VERSION:
-        raise PokeRLError(f"{location} is not a format-{manifest_mod.FORMAT_VERSION} manifest")
-    return manifest
+    if len(data) > _MAX_MANIFEST_BYTES:
+        raise PokeRLError(f"{location} is over {_MAX_MANIFEST_BYTES >> 20} MiB: not a poke-rl manifest")
+    return manifest_mod.parse_manifest(data, location, source)
+
+
+_MAX_MANIFEST_BYTES = 256 << 20
+
+
+class ShardRef(NamedTuple):
+    """One shard as the loader reads it: ``location`` names it in messages (the local path or the
+    URL); ``root`` is the local folder named on the command line (None for a URL) and
+    ``relative`` the manifest's path inside it."""
+
+    location: str
+    transitions: int
+    bytes: int | None = None
+    sha256: str | None = None
+    root: str | None = None
+    relative: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,34 +344,49 @@ class SkipCounter:
 
 
 def read_blocks(
-    shards: Iterable[tuple[str, int, int | None]],
+    shards: Iterable[ShardRef | tuple[str, int, int | None]],
     *,
     skip_corrupt: bool = False,
     skipped: SkipCounter | None = None,
     fix_hint: str = "",
+    verify: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Blocks (zero-copy views) of each ``(location, transitions, bytes)`` shard in turn.
+    """Blocks (zero-copy views) of each shard in turn.
 
-    Checks a local file's size against the manifest before reading it, and the rows read against
-    the manifest's transitions after (this catches a tar cut exactly at a block boundary). Raises
-    ``ShardError`` naming the shard, or with ``skip_corrupt`` warns, counts, and goes on (rows
-    yielded before damage was found in a shard are kept).
+    A local shard must resolve inside its folder (checked before any stat or open; a refusal is a
+    ``PokeRLError`` that ``skip_corrupt`` never skips). Checks the size against the manifest before
+    reading, with ``verify`` the sha256 before the first block (a remote shard is read whole, at
+    most its manifest size plus one byte), and the rows read against the manifest's transitions
+    after. Raises ``ShardError`` naming the shard, or with ``skip_corrupt`` warns, counts, and
+    goes on (rows yielded before damage was found in a shard are kept; a sha256 mismatch is found
+    before any).
     """
-    for location, expected_rows, expected_bytes in shards:
+    for shard in shards:
+        ref = shard if isinstance(shard, ShardRef) else ShardRef(*shard)
+        location, expected_rows, expected_bytes = ref.location, ref.transitions, ref.bytes
+        digest = ref.sha256 if verify else None
         rows_read = 0
         try:
-            if expected_bytes is not None and not is_url(location):
-                _check_size(location, expected_bytes)
-            with contextlib.ExitStack() as stack:
-                source: str | IO[bytes] = location  # a local file is memory-mapped
-                if is_url(location):
-                    try:
-                        source = stack.enter_context(contextlib.closing(open_location(location)))
-                    except (OSError, ValueError) as exc:
-                        raise ShardError(f"cannot open shard {location}: {exc}") from None
-                for block in iter_blocks(source, name=location):
-                    rows_read += len(block["action"])
-                    yield block
+            source: str | bytes = location  # a local file is memory-mapped
+            if ref.root is not None:
+                source = str(manifest_mod.shard_file(ref.root, ref.relative))
+            if is_url(location) and ref.root is None:
+                limit = (expected_bytes + 1) if expected_bytes is not None else -1
+                try:
+                    source = _read_url(location, limit)
+                except (OSError, ValueError) as exc:
+                    raise ShardError(f"cannot open shard {location}: {exc}") from None
+                if expected_bytes is not None and len(source) != expected_bytes:
+                    raise ShardError(
+                        f"shard {location} has {'more than ' if len(source) > expected_bytes else ''}"
+                        f"{len(source)} bytes, the manifest says {expected_bytes}: it is truncated "
+                        "or from another prep"
+                    )
+            elif expected_bytes is not None:
+                _check_size(str(source), expected_bytes, location)
+            for block in iter_blocks(source, name=location, sha256=digest):
+                rows_read += len(block["action"])
+                yield block
             if rows_read != expected_rows:
                 raise ShardError(
                     f"shard {location} holds {rows_read} transitions, the manifest says "
@@ -323,9 +401,9 @@ def read_blocks(
             warnings.warn(f"skipping the rest of a bad shard: {message}", stacklevel=2)
 
 
-def _check_size(location: str, expected_bytes: int) -> None:
+def _check_size(path: str, expected_bytes: int, location: str) -> None:
     try:
-        size = Path(location).stat().st_size
+        size = Path(path).stat().st_size
     except OSError as exc:
         raise ShardError(f"shard {location} is missing ({exc.strerror})") from None
     if size != expected_bytes:
@@ -556,7 +634,7 @@ class ShardStream(IterableDataset):
 
     def __init__(
         self,
-        locations: Sequence[tuple[str, int, int | None]],
+        locations: Sequence[ShardRef],
         config: LoaderConfig,
         *,
         rank: int,
@@ -578,7 +656,7 @@ class ShardStream(IterableDataset):
         if epoch not in self._plans:
             self._plans = {
                 epoch: epoch_plan(
-                    [rows for _, rows, _ in self.locations],
+                    [ref.transitions for ref in self.locations],
                     epoch=epoch,
                     seed=self.config.seed,
                     world_size=self.world_size,
@@ -613,7 +691,7 @@ class ShardStream(IterableDataset):
             pieces.close()
 
     def _passes(
-        self, shards: list[tuple[str, int, int | None]], epoch: int, worker: int, skipped: SkipCounter
+        self, shards: list[ShardRef], epoch: int, worker: int, skipped: SkipCounter
     ) -> Iterator[list[tuple[Block, Any]]]:
         """The batches (as row pieces) of one stream. With ``skip_corrupt``, a stream that lost
         rows to a bad shard refills its planned count with further passes over its good shards
@@ -622,7 +700,11 @@ class ShardStream(IterableDataset):
         for pass_index in itertools.count():
             good = [s for s in shards if s[0] not in skipped.names]
             blocks = read_blocks(
-                good, skip_corrupt=config.skip_corrupt, skipped=skipped, fix_hint=self.fix_hint
+                good,
+                skip_corrupt=config.skip_corrupt,
+                skipped=skipped,
+                fix_hint=self.fix_hint,
+                verify=config.verify,
             )
             if self.train:
                 seeds = [config.seed, epoch, self.rank, worker, pass_index]
@@ -913,10 +995,15 @@ def _build(
     entries = manifest_mod.shard_entries(manifest, split)
     if not entries:
         raise PokeRLError(f"{source} has no {split} shards; run `{manifest_mod.prep_command(manifest, source)}`")
-    locations = [
-        (shard_location(source, entry["path"]), int(entry["transitions"]), entry.get("bytes"))
-        for entry in entries
-    ]
+    local = not is_url(source)
+    locations = []
+    for entry in entries:  # validated: plain relative paths, counts, digests
+        if local:  # fail now, before anything is read, if a shard resolves outside the folder
+            manifest_mod.shard_file(source, entry["path"])
+        locations.append(ShardRef(
+            shard_location(source, entry["path"]), entry["transitions"], entry["bytes"],
+            entry["sha256"], str(source) if local else None, entry["path"],
+        ))  # fmt: skip
     rank, world = resolve_rank(config)
     hint = f" with `{manifest_mod.prep_command(manifest, source)} --force`"
     dataset = ShardStream(locations, config, rank=rank, world_size=world, train=train, fix_hint=hint)
@@ -948,6 +1035,7 @@ __all__ = [
     "PackedGroup",
     "gather_group",
     "ShardStream",
+    "ShardRef",
     "epoch_plan",
     "gather",
     "in_order",
