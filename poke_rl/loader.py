@@ -735,6 +735,20 @@ def _as_is(batch: PackedGroup) -> PackedGroup:
     return batch
 
 
+def from_worker(exc: PokeRLError) -> PokeRLError:
+    """A worker's ``PokeRLError`` with its own one-line message: torch re-raises an exception from
+    a DataLoader worker as ``type(exc)("Caught ... Original Traceback ...")``, whose last line is
+    ``module.Type: message``; anything else is returned as it is."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return exc
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    for prefix in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__name__}: "):
+        if last.startswith(prefix):
+            return type(exc)(last[len(prefix) :])
+    return exc
+
+
 class Loader:
     """One rank's batches of one split, epoch after epoch; ``iter`` runs one epoch of ``Batch``.
 
@@ -804,7 +818,13 @@ class Loader:
                 prefetch_factor=self.config.prefetch_factor if workers > 0 else None,
                 pin_memory=self.pin_memory,
                 collate_fn=_as_is,
+                # Its own generator: each iter() draws the workers' base seed from it, never from
+                # the global torch RNG (a resume's extra iterator shifted that: ranks/*/rng/torch)
+                generator=torch.Generator(),
             )
+        # the same draw for (seed, epoch, rank), resumed or not
+        seeds = np.random.SeedSequence([self.config.seed, self.epoch, self.dataset.rank])
+        self._dataloader.generator.manual_seed(int(seeds.generate_state(1)[0]))
         return self._dataloader
 
     def packed(self) -> Iterator[PackedBatch]:
@@ -819,15 +839,18 @@ class Loader:
         wanted = next(order, None)
         if wanted is None:
             return
-        for group in self._loader():
-            pending[group.worker].extend(group.split())
-            while wanted is not None and pending[wanted]:
-                batch = pending[wanted].popleft()
-                skipped[batch.worker] = batch.skipped_shards
-                self.skipped_shards = sum(skipped.values())
-                self.batches_done += 1
-                yield batch
-                wanted = next(order, None)
+        try:
+            for group in self._loader():
+                pending[group.worker].extend(group.split())
+                while wanted is not None and pending[wanted]:
+                    batch = pending[wanted].popleft()
+                    skipped[batch.worker] = batch.skipped_shards
+                    self.skipped_shards = sum(skipped.values())
+                    self.batches_done += 1
+                    yield batch
+                    wanted = next(order, None)
+        except PokeRLError as exc:
+            raise from_worker(exc) from None
         if wanted is not None:
             raise ShardError(
                 f"epoch {self.epoch} ended after {self.batches_done} of {len(self)} batches: "

@@ -290,6 +290,14 @@ def test_flipped_payload_byte_stops_training_naming_the_shard(out: Path, tmp_pat
                           "manifest", "poke-rl prep", "--force")  # fmt: skip
 
 
+def test_a_worker_process_error_is_still_one_line(out: Path, tmp_path: Path) -> None:
+    # torch re-raises a DataLoader worker's exception with the worker's traceback in its message
+    flip_payload_byte(out / "tensors" / "train-000001.tar")
+    stderr = assert_one_error_line(train_cli(out, tmp_path, "--workers", 1), 2, "train-000001.tar",
+                                   "sha256", "poke-rl prep")  # fmt: skip
+    assert "worker process" not in stderr and "Original Traceback" not in stderr
+
+
 def test_flipped_payload_byte_through_a_url_source(small: Path) -> None:
     flip_payload_byte(small / "tensors" / "train-000002.tar")
     with pytest.raises(ShardError, match="train-000002.tar.*sha256"):
