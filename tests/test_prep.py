@@ -295,7 +295,11 @@ def test_manifest_counts_and_rejects(built):
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert manifest == result.manifest
     assert list(manifest) == ["format_version", "preprocessor", "inputs", "counts", "splits",
-                              "val_fraction", "block_size"]  # fmt: skip
+                              "val_fraction", "block_size", "parts"]  # fmt: skip
+    parts = sorted((out / "transitions").glob("*.parquet"))  # every part is recorded: prep owns it
+    assert manifest["parts"] == [
+        {"path": f"transitions/{p.name}", "transitions": pq.ParquetFile(p).metadata.num_rows,
+         "bytes": p.stat().st_size} for p in parts]  # fmt: skip
     assert manifest["preprocessor"] == Preprocessor().manifest_entry()
     assert manifest["inputs"] == [{"path": str(path.resolve()), "bytes": path.stat().st_size,
                                    "sha256": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}]  # fmt: skip
@@ -485,14 +489,16 @@ def _run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: bo
 
 def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
     lines = [line for _, line in corpus_lines(30, seed=21, bad_fraction=0.02)]
-    source = write_lines(tmp_path / "in.jsonl", lines)
-    old_source = write_lines(tmp_path / "old.jsonl", lines[:20])
-    clean = tmp_path / "clean"
-    subprocess.run(_prep_cmd(source, clean), check=True, capture_output=True)
-    expected = tree_bytes(clean)
+    # the old output is of the same input path, changed in place since (a prep that drops a
+    # recorded input is refused without --force)
+    old_source = write_lines(tmp_path / "in.jsonl", lines[:20])
     old_out = tmp_path / "old_out"
     subprocess.run(_prep_cmd(old_source, old_out), check=True, capture_output=True)
     old_expected = tree_bytes(old_out)
+    source = write_lines(tmp_path / "in.jsonl", lines)
+    clean = tmp_path / "clean"
+    subprocess.run(_prep_cmd(source, clean), check=True, capture_output=True)
+    expected = tree_bytes(clean)
 
     for number, (phase, delay_s) in enumerate(
         [("parse", 0), ("parquet", 0), ("shards", 0), ("rejects", 0), ("manifest", 0), ("swap", 0),

@@ -460,7 +460,7 @@ def test_truncated_gzip_exits_2_and_keeps_the_old_output(valid_only: Path, tmp_p
     out = tmp_path / "out"
     shutil.copytree(valid_only, out)
     before = tree_bytes(out)
-    result = prep([source], out)
+    result = prep([source], out, "--force")  # --force: valid.jsonl, recorded in out, is dropped
     _assert_one_line_exit_2(result, str(source.resolve()), "not a readable gzip file", "Truncated")
     assert tree_bytes(out) == before
     assert not list(out.glob(".prep-staging-*"))

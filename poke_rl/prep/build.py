@@ -20,7 +20,10 @@ import dataclasses
 import fcntl
 import multiprocessing
 import os
+import re
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +46,7 @@ from poke_rl.prep.inputs import (
     InputFile,
     compressed_chunks,
     plain_ranges,
+    printable_path,
     resolve_inputs,
 )
 from poke_rl.prep.work import (
@@ -51,6 +55,8 @@ from poke_rl.prep.work import (
     ChunkOutcome,
     ChunkTask,
     ShardInfo,
+    ignore_signals,
+    part_name,
     pause_point,
     process_chunk,
     rebuild_part,
@@ -112,15 +118,21 @@ def run_prep(inputs: list[str], out: str | Path, options: PrepOptions) -> PrepRe
         raise PokeRLError(f"--val-fraction must be in 0..1, got {options.val_fraction}")
     if options.block_size < 1 or options.workers < 1:
         raise PokeRLError("--block-size and --workers must be at least 1")
-    files = resolve_inputs(inputs)
+    folders: list[Path] = []
+    files = resolve_inputs(inputs, folders)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PokeRLError(f"output {out} exists and is not a folder")
+    refuse_overlap(out, files, folders)
+    if out.exists():
+        refuse_foreign(out)  # before anything is written into OUT (even the lock)
     out.mkdir(parents=True, exist_ok=True)
     preprocessor = Preprocessor(options.feature_config)
-    with _locked(out):
+    with signals_interrupt(), _locked(out):
         recover(out)
         old = _load_existing(out)
+        if old is not None and not options.force:
+            refuse_dropped_inputs(out, files, old)
         hashes = None
         if old is not None and not options.force and _same_sizes(files, old):
             hashes = [_cached_sha256(out, f) for f in files]
@@ -199,6 +211,172 @@ def _shards_intact(out: Path, old: dict[str, Any]) -> bool:
     return True
 
 
+# -- what prep owns: refuse an OUT that overlaps an input or holds files prep did not write -------
+
+_PART_NAME = re.compile(r"part-\d{5}\.parquet")
+OLD_MANIFEST = "old-manifest.json"  # in a staging: the manifest it replaces, until the swap ends
+
+
+def refuse_overlap(out: Path, files: list[InputFile], folders: list[Path]) -> None:
+    """Refuse an OUT that is, contains or lies inside an input (a file, or a folder walked for
+    inputs): prep would read its own output (rejects.jsonl is JSONL) or replace an input."""
+    target = out.resolve()
+    for path, what in [*((f.path, "file") for f in files), *((d, "folder") for d in folders)]:
+        if target == path or path.is_relative_to(target) or (
+            what == "folder" and target.is_relative_to(path)
+        ):
+            raise PokeRLError(
+                f"output {out} is, contains or lies inside input {what} {printable_path(path)}: "
+                "prep would read or replace its own output; choose an OUT outside the inputs"
+            )
+
+
+def _recorded(manifest: dict[str, Any] | None) -> set[str] | None:
+    """The files a manifest records (relative paths); None for a manifest written before prep
+    recorded its Parquet parts (then any ``part-NNNNN.parquet`` is taken as recorded)."""
+    if not isinstance(manifest, dict):
+        return set()
+    paths = set()
+    for split in (manifest.get("splits") or {}).values():
+        for entry in (split or {}).get("shards", []) if isinstance(split, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                paths.add(entry["path"])
+    parts = manifest.get("parts")
+    if not isinstance(parts, list):
+        return None if paths else set()
+    paths.update(e["path"] for e in parts if isinstance(e, dict) and isinstance(e.get("path"), str))
+    return paths
+
+
+def _prep_top_level(name: str) -> bool:
+    return name in (MANIFEST_NAME, LOCK_NAME, HASH_CACHE, *OUTPUT_ITEMS) or name.startswith(
+        (STAGING_PREFIX, f".{MANIFEST_NAME}.tmp-", f".{HASH_CACHE}.tmp-")
+    )
+
+
+def refuse_foreign(out: Path) -> None:
+    """Refuse an OUT holding what prep did not write: in ``transitions/`` and ``tensors/``
+    (replaced whole by a swap) any file no manifest of OUT or of its complete staging records;
+    at the top level of an OUT holding no prep output, anything prep does not write."""
+    manifests = [_load_existing(out)]
+    for staging in sorted(out.glob(STAGING_PREFIX + "*")):
+        if (staging / MANIFEST_NAME).is_file():
+            manifests += [_read_json(staging / MANIFEST_NAME), _read_json(staging / OLD_MANIFEST)]
+    records = [_recorded(m) for m in manifests if m is not None]
+    legacy = any(r is None for r in records)
+    known = set().union(*(r for r in records if r is not None))
+    for folder in ("transitions", "tensors"):
+        path = out / folder
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise PokeRLError(
+                f"{printable_path(path)} is not a folder prep wrote; prep replaces it, so it "
+                f"refuses: move it out of {out}, or choose another OUT"
+            )
+        if not path.is_dir():
+            continue
+        for entry in sorted(path.iterdir()):
+            name = f"{folder}/{entry.name}"
+            if name in known or (legacy and folder == "transitions" and _PART_NAME.fullmatch(entry.name)):
+                continue
+            raise PokeRLError(
+                f"{printable_path(entry)} was not written by prep (no manifest of {out} records it); "
+                "prep replaces that folder whole, so it refuses: move the file out, or choose "
+                "another OUT"
+            )
+    if not records:
+        others = sorted(e.name for e in out.iterdir() if not _prep_top_level(e.name))
+        if others:
+            shown = ", ".join(printable_path(n) for n in others[:3]) + (", ..." if len(others) > 3 else "")
+            raise PokeRLError(
+                f"{out} holds no prep output (no manifest.json) and is not empty ({shown}): "
+                "choose a new or empty folder for OUT"
+            )
+
+
+def refuse_dropped_inputs(out: Path, files: list[InputFile], old: dict[str, Any]) -> None:
+    """Until incremental prep lands, a prep without some of OUT's recorded inputs would rebuild
+    OUT without their trajectories: name them and refuse unless ``--force``."""
+    recorded = [e.get("path") for e in old.get("inputs", []) if isinstance(e, dict)]
+    given = {str(f.path) for f in files}
+    missing = [p for p in recorded if p not in given]
+    if not missing:
+        return
+    names = ", ".join(orjson.dumps(str(p)).decode() for p in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise PokeRLError(
+        f"{len(missing)} of {len(recorded)} inputs {out} was built from are not on the command "
+        f"line, and rebuilding would drop their trajectories: {names}{more}; give them too, or "
+        "--force to rebuild from these inputs alone"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+# -- SIGINT and SIGTERM: stop, remove the staging, never mid-swap ----------------------------------
+
+
+class PrepInterrupted(KeyboardInterrupt):
+    """prep stopped by a signal (SIGINT, or SIGTERM as schedulers send); exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_signal_state: dict[str, Any] = {"critical": False, "pending": None}
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    if _signal_state["critical"]:
+        _signal_state["pending"] = signum  # raised once the swap is done
+        return
+    for other in _SIGNALS:  # the cleanup that follows must not be interrupted in turn
+        signal.signal(other, signal.SIG_IGN)
+    raise PrepInterrupted(signum)
+
+
+@contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``PrepInterrupted`` in the main thread (the finally blocks
+    then remove the staging); elsewhere (a thread) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    _signal_state.update(critical=False, pending=None)
+    for s in _SIGNALS:
+        signal.signal(s, _on_signal)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """A signal that arrives inside is held back until the block is done, then raised."""
+    _signal_state["critical"] = True
+    try:
+        yield
+    finally:
+        _signal_state["critical"] = False
+    pending, _signal_state["pending"] = _signal_state["pending"], None
+    if pending is not None:
+        raise PrepInterrupted(pending)
+
+
 # -- input hashes: sha256 once per file version, remembered by (path, size, mtime, inode) ---------
 
 HASH_CACHE = ".prep-input-hashes.json"  # beside the output, not in it: never in the manifest
@@ -255,9 +433,13 @@ def _new_staging(out: Path) -> Path:
 
 
 def commit(out: Path, staging: Path) -> None:
-    """Swap a complete staging (it holds manifest.json) into ``out``; idempotent if interrupted."""
+    """Swap a complete staging (it holds manifest.json) into ``out``; idempotent if interrupted.
+
+    The old manifest moves into the staging (``old-manifest.json``) rather than being deleted,
+    so the files it records stay recorded (``refuse_foreign``) until the staging is removed."""
     items = [name for name in OUTPUT_ITEMS if (staging / name).exists()]
-    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from here on, OUT holds no output
+    if (out / MANIFEST_NAME).exists():
+        os.replace(out / MANIFEST_NAME, staging / OLD_MANIFEST)  # from here, OUT holds no output
     fsync_dir(out)
     for number, name in enumerate(items):
         target = out / name
@@ -306,6 +488,7 @@ def _manifest(
     counts: dict[str, int],
     splits: dict[str, Any],
     options: PrepOptions,
+    parts: list[dict[str, Any]],
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -315,13 +498,15 @@ def _manifest(
         "splits": splits,
         "val_fraction": options.val_fraction,
         "block_size": options.block_size,
+        "parts": parts,  # the Parquet parts prep wrote: what it may replace in transitions/
     }
 
 
 def _finish(out: Path, staging: Path, manifest: dict[str, Any]) -> None:
     pause_point("manifest")
-    write_json_atomic(staging / MANIFEST_NAME, manifest)
-    commit(out, staging)
+    with _uninterrupted():  # a complete staging is swapped in whole: never left half swapped
+        write_json_atomic(staging / MANIFEST_NAME, manifest)
+        commit(out, staging)
 
 
 # -- the pool ----------------------------------------------------------------------------------
@@ -334,8 +519,12 @@ class _Runner:
         self.workers = workers
         # One worker runs in this process, two chunks at a time in threads: one chunk's output
         # writing (Parquet, zstd, tar, sha256, fsync: GIL released) overlaps the next one's parse.
+        # Worker processes ignore SIGINT/SIGTERM (sent to the whole group): the main process
+        # stops them and removes the staging.
         self.pool: cf.Executor = (
-            cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            cf.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_signals
+            )
             if workers > 1
             else cf.ThreadPoolExecutor(2 if threads > 1 else 1)
         )
@@ -401,6 +590,7 @@ def _full_build(
     first_reject: dict[str, str] = {}
     seen: set[bytes] = set()
     staged: list[tuple[int, dict[str, ShardInfo]]] = []
+    parts: list[dict[str, Any]] = []
     json_bytes = reference_lines = 0
     file_lines = [0] * len(files)
     consumed_before = [0] * len(files)
@@ -435,6 +625,7 @@ def _full_build(
                 accepted_by_argument[source.argument] += outcome.accepted
                 lines_by_argument[source.argument] += outcome.trajectories
                 staged.append((outcome.index, outcome.shards))
+                parts.append(_part_entry(staging, outcome.index, outcome.transitions))
                 json_bytes += outcome.json_bytes
                 reference_lines += outcome.reference_lines
                 progress.advance(consumed - consumed_before[number], outcome.trajectories)
@@ -455,7 +646,7 @@ def _full_build(
             {"path": str(f.path), "bytes": f.bytes, "sha256": sha}
             for f, sha in zip(files, hash_future.result(), strict=True)
         ]
-        manifest = _manifest(preprocessor, inputs, counts, splits, options)
+        manifest = _manifest(preprocessor, inputs, counts, splits, options, parts)
         _finish(out, staging, manifest)
         _remember_hashes(out, files, [e["sha256"] for e in inputs])
         ok = True
@@ -466,6 +657,11 @@ def _full_build(
         if not ok:
             shutil.rmtree(staging, ignore_errors=True)
     return PrepResult("full", manifest, 0.0, json_bytes, reference_lines, by_code)
+
+
+def _part_entry(root: Path, index: int, rows: int) -> dict[str, Any]:
+    relative = f"transitions/{part_name(index)}"
+    return {"path": relative, "transitions": int(rows), "bytes": (root / relative).stat().st_size}
 
 
 def _write_rejects(
@@ -513,7 +709,11 @@ def _rebuild_tensors(
         splits = _name_shards(staging, staged)
         counts = dict(old["counts"])
         counts["transitions"] = sum(splits[s]["transitions"] for s in SPLITS)
-        manifest = _manifest(preprocessor, old["inputs"], counts, splits, options)
+        old_parts = old.get("parts")
+        if not isinstance(old_parts, list):  # a manifest from before parts were recorded
+            old_parts = [_part_entry(out, int(p.stem.split("-")[1]), pq.ParquetFile(p).metadata.num_rows)
+                         for p in parts]  # fmt: skip
+        manifest = _manifest(preprocessor, old["inputs"], counts, splits, options, old_parts)
         _finish(out, staging, manifest)
         ok = True
     finally:

@@ -36,24 +36,25 @@ class InputFile:
         return None
 
 
-def resolve_inputs(arguments: list[str]) -> list[InputFile]:
+def resolve_inputs(arguments: list[str], folders: list[Path] | None = None) -> list[InputFile]:
     """Expand files, directories (recursively, ``SUFFIXES`` only) and globs; sorted, unique.
 
     Directories are walked following symbolic links, each real directory once (a link loop is
     walked once, not forever). Raises ``PokeRLError`` naming an argument that matches nothing,
     or a file whose name is not valid UTF-8 (manifest.json and rejects.jsonl record names).
+    ``folders``, if given, receives every real directory walked (resolved).
     """
     found: dict[Path, InputFile] = {}
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            matches = [p for p in walk_files(path) if p.name.endswith(SUFFIXES)]
+            matches = [p for p in walk_files(path, folders) if p.name.endswith(SUFFIXES)]
             if not matches:
                 raise PokeRLError(f"input directory {argument} holds no {', '.join(SUFFIXES)} files")
         elif path.is_file():
             matches = [path]
         elif glob.has_magic(argument):
-            matches = _glob_files(argument)
+            matches = _glob_files(argument, folders)
             if not matches:
                 raise PokeRLError(f"input pattern {argument} matches no files")
         else:
@@ -81,9 +82,10 @@ def require_utf8_name(path: Path) -> None:
         ) from None
 
 
-def walk_files(root: Path) -> Iterator[Path]:
+def walk_files(root: Path, folders: list[Path] | None = None) -> Iterator[Path]:
     """Every file under ``root``, following symbolic links to directories, each real directory
-    (``st_dev``, ``st_ino``) entered once; dangling links are skipped."""
+    (``st_dev``, ``st_ino``) entered once (``folders`` receives them); dangling links are
+    skipped."""
     seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
@@ -95,6 +97,8 @@ def walk_files(root: Path) -> Iterator[Path]:
         if (stat.st_dev, stat.st_ino) in seen:
             continue
         seen.add((stat.st_dev, stat.st_ino))
+        if folders is not None:
+            folders.append(folder.resolve())
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
@@ -110,7 +114,7 @@ def walk_files(root: Path) -> Iterator[Path]:
                 continue
 
 
-def _glob_files(pattern: str) -> list[Path]:
+def _glob_files(pattern: str, folders: list[Path] | None = None) -> list[Path]:
     """Files matching a glob. ``**`` is matched over ``walk_files`` of the fixed prefix (glob's
     own ``**`` follows link loops until the path is too long: exponential with several loops)."""
     if "**" not in pattern:
@@ -120,7 +124,7 @@ def _glob_files(pattern: str) -> list[Path]:
     root = Path(*parts[:fixed]) if fixed else Path(".")
     rest = parts[fixed:]
     return [
-        path for path in walk_files(root)
+        path for path in walk_files(root, folders)
         if path.is_file() and _match_parts(rest, path.relative_to(root).parts)
     ]  # fmt: skip
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,12 @@ from poke_rl.prep.inputs import read_range
 SPLITS = ("train", "val")
 PAUSE_ENV = "POKE_RL_PREP_PAUSE"  # "<phase>" or "<phase>:<seconds>": sleep there (kill tests)
 _PERMUTATION_SEED = 0x706F6B65
+
+
+def ignore_signals() -> None:
+    """A worker process's initializer: SIGINT/SIGTERM are the main process's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def pause_point(phase: str) -> None:
