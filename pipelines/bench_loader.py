@@ -7,9 +7,13 @@ machine in this run: transitions/s into ready ``Batch``es of 256 with 0, 1 and 2
 ratio to an in-memory random gather of the same arrays (a replay buffer's way); the ratio to the
 seed's map-style Dataset (raw observation dicts featurised per sample in ``__getitem__``,
 per-sample default collate, on a subset); RSS after
-each of 3 epochs; time to first batch; storage = shard bytes / raw array bytes. Prints a Markdown
-table; rates are the median, min and max of their repetitions (the epochs, for the loader and the
-gather), ratios are of medians.
+each of 3 epochs; time to first batch; storage = shard bytes / raw array bytes; and what checking
+untrusted shards costs: one epoch of a fresh loader (every shard hashed against the manifest's
+sha256 before its first block is used) against the same epoch with ``verify=False``, alternated
+``--verify-reps`` times, plus the sha256 of every shard and the finiteness check of every block's
+floats (always on) timed alone, as shares of a loader epoch. Prints a Markdown table; rates are
+the median, min and max of their repetitions (the epochs, for the loader and the gather), ratios
+are of medians.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pipelines.bench_features import SeedFeaturePreprocessor
 from pipelines.generate import GenConfig, iter_records
 from pipelines.stats import SPREAD_HEADER, Spread
 from poke_rl import loader as L
+from poke_rl import shards as S
 from poke_rl.batch import FIELDS, Batch
 from poke_rl.features import FeatureConfig, feature_table
 from poke_rl.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
@@ -124,6 +129,48 @@ def bench_loader(data: Path, workers: int, epochs: int) -> dict:
     return {"rates": rates, "first_batch_s": first_batch_s, "rss": rss}
 
 
+def bench_verify(data: Path, workers: int, reps: int) -> dict[bool, list[float]]:
+    """Seconds of one epoch of a fresh loader with and without sha256 verification, alternated;
+    the process's record of verified shards is cleared before each (forked workers inherit it)."""
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(reps):
+        for verify in (False, True):
+            S.forget_verified()
+            config = L.LoaderConfig(batch_size=BATCH, num_workers=workers, seed=1, verify=verify)
+            loader = L.train_loader(data, FINGERPRINT, config)
+            start = time.perf_counter()
+            for _batch in loader:
+                pass
+            seconds[verify].append(time.perf_counter() - start)
+            del loader
+    S.forget_verified()
+    return seconds
+
+
+def time_checks(data: Path, manifest: dict, reps: int) -> tuple[list[float], list[float]]:
+    """Seconds to sha256 every shard (memory-mapped, as the loader does) and to check every
+    block's float arrays for NaN/inf (``shards.non_finite_rows``), each alone, ``reps`` times."""
+    import mmap
+
+    entries = manifest["splits"]["train"]["shards"]
+    blocks = [b for e in entries for b in S.iter_blocks(data / e["path"])]
+    floats = [b[n] for b in blocks for n in FIELDS if b[n].dtype.kind == "f"]
+    hashing, finite = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        for entry in entries:
+            with open(data / entry["path"], "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            assert S.sha256_of(mapped) == entry["sha256"]
+            mapped.close()
+        hashing.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for array in floats:
+            S.non_finite_rows(array)
+        finite.append(time.perf_counter() - start)
+    return hashing, finite
+
+
 def load_arrays(data: Path, manifest: dict) -> dict[str, np.ndarray]:
     """The whole split as one array per field, in RAM (what a replay buffer holds)."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in FIELDS}
@@ -213,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seed-subset", type=int, default=5_000)
     parser.add_argument("--seed-reps", type=int, default=3)
+    parser.add_argument("--verify-workers", type=int, nargs="*", default=[0],
+                        help="worker counts of the verify on/off comparison (none: skip it)")
+    parser.add_argument("--verify-reps", type=int, default=3)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -225,6 +275,12 @@ def main(argv: list[str] | None = None) -> None:
     for workers in args.workers:
         results[workers] = bench_loader(args.data, workers, args.epochs)
         print(f"workers {workers}: {results[workers]}", file=sys.stderr)
+
+    verify_runs = {w: bench_verify(args.data, w, args.verify_reps) for w in args.verify_workers}
+    hashing, finite = time_checks(args.data, manifest, args.verify_reps)
+    for workers, seconds in verify_runs.items():
+        print(f"verify, workers {workers}: {seconds}", file=sys.stderr)
+    print(f"sha256 alone: {hashing}; finiteness alone: {finite}", file=sys.stderr)
 
     arrays = load_arrays(args.data, manifest)
     raw_bytes = sum(array.nbytes for array in arrays.values())
@@ -253,6 +309,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| loader, {workers} workers: first batch (one run) / RSS per epoch (MiB) | "
               f"{result['first_batch_s']:.2f} s / {rss} | flat |")
     print(f"| best loader / gather | {best / gather:.2f} × | ≥ 1.0 × |")
+    rows = args.transitions
+    for workers, seconds in verify_runs.items():
+        off, on = Spread.of(seconds[False]), Spread.of(seconds[True])
+        print(f"| loader, {workers} workers, one fresh epoch, verify off / on, {off.count} reps "
+              f"alternated | {Spread.of(rows / t for t in seconds[False]).scaled(1e-6).text('.2f')} / "
+              f"{Spread.of(rows / t for t in seconds[True]).scaled(1e-6).text('.2f')} M/s | |")
+        print(f"| sha256 verification share of a first epoch, {workers} workers: (on − off) / on | "
+              f"{(on.median - off.median) / on.median:.1%} | < 10 % |")
+    epoch = Spread.of(verify_runs[min(verify_runs)][False]).median if verify_runs else None
+    hash_s, finite_s = Spread.of(hashing), Spread.of(finite)
+    share = (lambda t: f" = {t / epoch:.1%} of a verify-off epoch") if epoch else (lambda t: "")
+    print(f"| sha256 of every shard alone ({shard_bytes / 2**20:,.0f} MiB, {hash_s.count} reps) | "
+          f"{hash_s.text('.3f')} s{share(hash_s.median)}, {shard_bytes / hash_s.median / 1e9:.2f} GB/s | |")
+    print(f"| NaN/inf check of every block's floats alone ({finite_s.count} reps; always on) | "
+          f"{finite_s.text('.4f')} s{share(finite_s.median)} | |")
     print(f"| storage: shard bytes / raw array bytes | {shard_bytes / raw_bytes:.4f} | ≤ 1.1 |")
 
 

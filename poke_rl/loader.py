@@ -59,6 +59,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from poke_rl import manifest as manifest_mod
+from poke_rl import shards as shards_mod
 from poke_rl.batch import FIELDS, Batch
 from poke_rl.errors import PokeRLError
 from poke_rl.shards import ShardError, iter_blocks
@@ -361,8 +362,24 @@ def read_blocks(
     goes on (rows yielded before damage was found in a shard are kept; a sha256 mismatch is found
     before any).
     """
-    for shard in shards:
-        ref = shard if isinstance(shard, ShardRef) else ShardRef(*shard)
+    refs = [shard if isinstance(shard, ShardRef) else ShardRef(*shard) for shard in shards]
+    ahead = _HashAhead(refs) if verify else None
+    try:
+        yield from _read_refs(refs, ahead, skip_corrupt, skipped, fix_hint, verify)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def _read_refs(
+    refs: list[ShardRef],
+    ahead: _HashAhead | None,
+    skip_corrupt: bool,
+    skipped: SkipCounter | None,
+    fix_hint: str,
+    verify: bool,
+) -> Iterator[dict[str, np.ndarray]]:
+    for position, ref in enumerate(refs):
         location, expected_rows, expected_bytes = ref.location, ref.transitions, ref.bytes
         digest = ref.sha256 if verify else None
         rows_read = 0
@@ -370,6 +387,8 @@ def read_blocks(
             source: str | bytes = location  # a local file is memory-mapped
             if ref.root is not None:
                 source = str(manifest_mod.shard_file(ref.root, ref.relative))
+            if ahead is not None:
+                ahead.reached(position)  # a match is then in the shards module's record
             if is_url(location) and ref.root is None:
                 limit = (expected_bytes + 1) if expected_bytes is not None else -1
                 try:
@@ -399,6 +418,63 @@ def read_blocks(
             if skipped is not None:
                 skipped.names.add(location)
             warnings.warn(f"skipping the rest of a bad shard: {message}", stacklevel=2)
+
+
+class _HashAhead:
+    """One thread per stream that hashes its local shards in order, at most ``LOOKAHEAD`` shards
+    ahead of the one being read (hashlib releases the GIL, so this overlaps the reading and the
+    gathers instead of adding to them); a match is recorded as verified (``shards.prehash``), so
+    the shard's own read does not hash it again, and a mismatch is left for that read to find and
+    name. A shard is opened only once it resolves inside its folder and has the manifest's size.
+    """
+
+    LOOKAHEAD = 2
+
+    def __init__(self, refs: Sequence[ShardRef]) -> None:
+        self.refs = list(refs)
+        self.position = 0
+        self.done = -1
+        self.stopped = False
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="poke-rl-sha256", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for index, ref in enumerate(self.refs):
+            with self.changed:
+                self.changed.wait_for(lambda i=index: self.stopped or i <= self.position + self.LOOKAHEAD)
+                if self.stopped:
+                    return
+            try:
+                self._hash(ref)
+            finally:
+                with self.changed:
+                    self.done = index
+                    self.changed.notify_all()
+
+    @staticmethod
+    def _hash(ref: ShardRef) -> None:
+        if ref.root is None or ref.sha256 is None:
+            return
+        try:
+            path = manifest_mod.shard_file(ref.root, ref.relative)
+            if ref.bytes is not None and path.stat().st_size != ref.bytes:
+                return
+        except (PokeRLError, OSError):
+            return  # its own read raises, naming it
+        shards_mod.prehash(path, ref.sha256)
+
+    def reached(self, position: int) -> None:
+        """The reader is at shard ``position``: wait until that shard is hashed."""
+        with self.changed:
+            self.position = position
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.done >= position or not self.thread.is_alive())
+
+    def close(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify_all()
 
 
 def _check_size(path: str, expected_bytes: int, location: str) -> None:

@@ -53,6 +53,34 @@ def forget_verified() -> None:
     _VERIFIED.clear()
 
 
+def _file_key(stat: os.stat_result, sha256: str) -> tuple[int, int, int, int, int, str]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, sha256)
+
+
+def prehash(path: str | Path, expected: str) -> bool:
+    """Hash a local shard ahead of its read (the loader runs this in a thread while the previous
+    shard is consumed: hashlib releases the GIL). If its sha256 is ``expected``, record the file's
+    state as verified, so ``iter_blocks`` does not hash it again; a mismatch records nothing (the
+    read then finds and names the damage). True if recorded."""
+    try:
+        with open(path, "rb") as opened:
+            stat = os.fstat(opened.fileno())
+            if _file_key(stat, expected) in _VERIFIED:
+                return True
+            if stat.st_size == 0:
+                return False
+            mapped = mmap.mmap(opened.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError:
+        return False
+    try:
+        if sha256_of(mapped) != expected:
+            return False
+    finally:
+        mapped.close()
+    _VERIFIED.add(_file_key(stat, expected))
+    return True
+
+
 def verify_digest(data: bytes | memoryview | mmap.mmap, expected: str, label: str) -> None:
     """Raise ``ShardError`` naming the shard if the bytes' sha256 is not ``expected``."""
     actual = sha256_of(data)
@@ -70,9 +98,11 @@ def non_finite_rows(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind != "f" or array.size == 0:
         return np.empty(0, dtype=np.intp)
     flat = array.reshape(len(array), -1) if array.ndim else array.reshape(1, 1)
-    if array.dtype.itemsize == 2:
-        bits = flat.view(np.dtype(np.uint16).newbyteorder(array.dtype.byteorder))
-        bad = (bits & 0x7C00) == 0x7C00
+    if array.dtype.itemsize == 2:  # exponent all ones: inf or NaN
+        exponent = flat.view(np.dtype(np.uint16).newbyteorder(array.dtype.byteorder)) & 0x7C00
+        if exponent.max() != 0x7C00:
+            return np.empty(0, dtype=np.intp)
+        bad = exponent == 0x7C00
     else:
         if np.isfinite(flat).all():
             return np.empty(0, dtype=np.intp)
@@ -218,8 +248,7 @@ def iter_blocks(
         except OSError as exc:
             raise ShardError(f"cannot open shard {label}: {exc.strerror}") from None
         if sha256 is not None:
-            verified_key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
-                            stat.st_ctime_ns, sha256)  # fmt: skip
+            verified_key = _file_key(stat, sha256)
     elif isinstance(source, (bytes, bytearray, memoryview)):
         data = source
     elif sha256 is not None:
