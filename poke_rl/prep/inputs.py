@@ -271,7 +271,10 @@ def compressed_chunks(
                 if cut < 0:
                     break
                 taken = [h for h in holes if h[0] <= cut]
-                yield bytes(buffer[: cut + 1]), raw.tell(), {h[0]: h[1] for h in taken}
+                with memoryview(buffer) as view:  # one copy, not two
+                    chunk = bytes(view[: cut + 1])
+                yield chunk, raw.tell(), {h[0]: h[1] for h in taken}
+                del chunk
                 del buffer[: cut + 1]
                 represented -= cut + 1 + sum(h[1] for h in taken)
                 holes = [[h[0] - cut - 1, h[1]] for h in holes[len(taken) :]]
