@@ -9,14 +9,32 @@ int tuples) nothing legitimate is lost.
 Writing: serialise to a temporary name in the same folder, fsync the file, rename over the target,
 fsync the folder. A process killed at any moment leaves the previous file or the new one, never a
 torn one. Extra names (``best.pt``, ``step-NNNNNNN.pt``) are hard links to the same bytes (a copy
-where the file system has no links), so one save costs one serialisation.
+where the file system has no links), so one save costs one serialisation. A write that fails for
+lack of space (ENOSPC, EDQUOT) or a file-size limit (EFBIG) raises ``DiskFullError`` naming the
+file; the temporary is removed and the previous file stays.
+
+Integrity: ``torch.save``'s zip archive ends with an end-of-central-directory record whose comment
+is empty; ``save_checkpoint`` puts ``poke-rl-sha256:<64 hex>`` there instead: the sha256 of every
+byte of the file before the comment (the comment's length field set). Any changed byte (in the
+pickle, in tensor data, which zip stores uncompressed and torch never checks, in the zip
+structures, or in the record itself) fails ``verify_checkpoint``, which every reader goes through
+(``load_checkpoint``, so ``--resume``, ``--init-from``, ``eval``, ``inspect`` and checkpoint
+players; ``PlayerSpec.parse`` checks before any server starts). The file stays a plain zip:
+``torch.load`` and ``zipfile`` read it unchanged. The record lives inside the one file, so hard
+links and atomic renames carry it, and bytes are verified and unpickled from one read (no window
+for a rename in between). A file without the record (written before it existed, or by plain
+``torch.save``) cannot be checked: it loads with an ``UnverifiedCheckpointWarning``, and the next
+save of that run writes the record.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import shutil
-import zipfile
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +46,43 @@ from poke_rl.files import atomic_file, fsync_dir, temporary_sibling
 
 FORMAT = "poke-rl-checkpoint"
 FORMAT_VERSION = 1
+
+# The integrity record: the zip comment of the archive's end record (see the module docstring).
+RECORD_MAGIC = b"poke-rl-sha256:"
+RECORD_LEN = len(RECORD_MAGIC) + 64
+_END_SIGNATURE = b"PK\x05\x06"
+_END_LEN = 22  # the end-of-central-directory record without its comment; the comment length
+# is its last 2 bytes (little-endian)
+_DISK_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EFBIG: "file too large"}
+_ANOTHER = "use another one (RUN/checkpoints/ keeps last.pt, best.pt and step-*.pt)"
+
+
+class CorruptCheckpointError(PokeRLError):
+    """A checkpoint file is damaged: ``reason`` says how; the message ends with what to do."""
+
+    def __init__(self, path: Path, reason: str, hint: str = _ANOTHER) -> None:
+        super().__init__(f"checkpoint {path} {reason}; {hint}")
+        self.path, self.reason = path, reason
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint without an integrity record was loaded: damage to it cannot be detected."""
+
+
+class DiskFullError(OSError):
+    """Writing ``path`` failed for lack of space or a file-size limit (``errno`` says which)."""
+
+    def __init__(self, code: int, path: Path) -> None:
+        super().__init__(code, os.strerror(code), str(path))
+        self.path = path
+
+    def __str__(self) -> str:
+        text = f"{_DISK_FULL.get(self.errno, os.strerror(self.errno or 0))} writing {self.path}"
+        if self.errno == errno.EFBIG:
+            text += " (a file-size limit of the file system or `ulimit -f`)"
+        return text
+
 
 # Keys every checkpoint holds (see ``poke_rl.train.Trainer.checkpoint_state``).
 REQUIRED_KEYS = (
@@ -44,17 +99,107 @@ REQUIRED_KEYS = (
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, also: Iterable[str | Path] = ()) -> None:
-    """Write ``state`` to ``path`` atomically (temporary name, fsync, rename), then give it the
-    extra names in ``also`` (each replaced atomically too)."""
+    """Write ``state`` with its integrity record to ``path`` atomically (temporary name, fsync,
+    rename), then give it the extra names in ``also`` (each replaced atomically too).
+    ``DiskFullError`` (naming the file) when a write fails for lack of space or a size limit."""
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as handle:
-        torch.save(state, handle)
-    for extra in also:
-        _link_atomic(path, Path(extra))
+    target = path
+    try:
+        with atomic_file(path) as handle:
+            writer = _SealingWriter(handle)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                # torch's zip writer reports a failed write as "[enforce fail at
+                # inline_container.cc...] unexpected pos": the OSError says what happened
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+            length, record = writer.seal()
+            handle.seek(-2, os.SEEK_END)  # the end record's comment length
+            handle.write(length)
+            handle.write(record)
+        for extra in also:
+            target = Path(extra)
+            _link_atomic(path, target)
+    except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise DiskFullError(exc.errno, target) from exc
+        raise
     fsync_dir(path.parent)
+
+
+class _SealingWriter:
+    """Passes ``torch.save``'s writes (sequential: its zip writer checks every offset) to
+    ``handle`` and hashes them, holding back the last ``_END_LEN`` bytes: the end record, whose
+    comment length ``seal`` changes before it is hashed. Keeps the first write error."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._digest = hashlib.sha256()
+        self._tail = b""
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            written = self._handle.write(view)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+        if len(view) >= _END_LEN:
+            self._digest.update(self._tail)
+            self._digest.update(view[:-_END_LEN])
+            self._tail = bytes(view[-_END_LEN:])
+        else:
+            joined = self._tail + bytes(view)
+            self._digest.update(joined[:-_END_LEN])
+            self._tail = joined[-_END_LEN:]
+        return len(view) if written is None else written
+
+    def __getattr__(self, name: str) -> Any:  # flush, name, ... of the real file
+        return getattr(self._handle, name)
+
+    def seal(self) -> tuple[bytes, bytes]:
+        """The end record's new comment length and the comment (the integrity record)."""
+        tail = self._tail
+        if len(tail) < _END_LEN or tail[:4] != _END_SIGNATURE or tail[-2:] != b"\x00\x00":
+            raise RuntimeError("torch.save wrote an archive without the expected end record")
+        length = RECORD_LEN.to_bytes(2, "little")
+        self._digest.update(tail[:-2] + length)
+        return length, RECORD_MAGIC + self._digest.hexdigest().encode()
+
+
+def verify_checkpoint(path: str | Path, data: bytes | None = None) -> bool:
+    """Check ``path``'s integrity record against its bytes (``data``, or read now). True if it
+    matches, False if the file has no record (written before records existed: it cannot be
+    checked); ``PokeRLError`` if the file is missing, truncated or has any byte changed."""
+    path = Path(path)
+    if data is None:
+        if not path.is_file():
+            raise PokeRLError(f"checkpoint {path} does not exist")
+        data = path.read_bytes()
+    size = len(data)
+    end = size - RECORD_LEN - _END_LEN
+    if (end >= 0 and data[end:end + 4] == _END_SIGNATURE
+            and data[size - RECORD_LEN - 2:size - RECORD_LEN] == RECORD_LEN.to_bytes(2, "little")):
+        record = data[size - RECORD_LEN:]
+        expected = hashlib.sha256(memoryview(data)[:size - RECORD_LEN]).hexdigest().encode()
+        if record != RECORD_MAGIC + expected:
+            damaged = "its bytes" if record.startswith(RECORD_MAGIC) else "its integrity record"
+            raise CorruptCheckpointError(
+                path, f"is corrupt: {damaged} changed since it was written (the sha256 it "
+                "carries does not match)"
+            )
+        return True
+    if size >= _END_LEN and data[-_END_LEN:-_END_LEN + 4] == _END_SIGNATURE and data[-2:] == b"\x00\x00":
+        return False  # torch.save's own ending: a checkpoint from before integrity records
+    raise CorruptCheckpointError(
+        path, "is truncated or corrupt (it does not end like a torch.save archive)"
+    )
 
 
 def _link_atomic(source: Path, target: Path) -> None:
@@ -80,23 +225,24 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise PokeRLError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a torn file is not one
-        raise PokeRLError(
-            f"checkpoint {path} is truncated or corrupt (not a torch.save archive); use another "
-            "one (RUN/checkpoints/ keeps last.pt, best.pt and step-*.pt)"
+    data = path.read_bytes()  # verified and unpickled from the same bytes
+    if not verify_checkpoint(path, data):
+        warnings.warn(
+            f"checkpoint {path} has no integrity record (written before poke-rl added them, or "
+            "by plain torch.save): damage to it cannot be detected; loading it anyway (the "
+            "next save of its run adds one)",
+            UnverifiedCheckpointWarning,
+            stacklevel=2,
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
         text = str(exc).strip()
         if "Weights only load failed" in text:
             reason = "it holds Python objects, and checkpoints are loaded with weights_only=True"
         else:
             reason = text.splitlines()[0][:200] if text else type(exc).__name__
-        raise PokeRLError(
-            f"checkpoint {path} is unreadable ({reason}); use another one "
-            "(RUN/checkpoints/ keeps last.pt, best.pt and step-*.pt)"
-        ) from None
+        raise CorruptCheckpointError(path, f"is unreadable ({reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise PokeRLError(f"{path} is not a poke-rl checkpoint")
     if state.get("format_version") != FORMAT_VERSION:

@@ -25,6 +25,7 @@ from poke_env.player.baselines import MaxBasePowerPlayer, RandomPlayer, SimpleHe
 from poke_env.player.battle_order import BattleOrder, DefaultBattleOrder, SingleBattleOrder
 from poke_env.player.player import Player
 
+from poke_rl.checkpoint import verify_checkpoint
 from poke_rl.errors import PokeRLError
 from poke_rl.schema import NUM_MOVES
 from poke_rl.showdown.observe import action_mask, build_observation, legal_orders, order_to_action
@@ -225,6 +226,9 @@ class PlayerSpec:
         if name.endswith(CHECKPOINT_SUFFIX):
             if not Path(name).is_file():
                 raise PokeRLError(f"player checkpoint {name} does not exist")
+            # a damaged file is refused here, before a server starts or a battle is played
+            # (building the player loads it again through ``load_checkpoint``, which checks too)
+            verify_checkpoint(name)
             return cls("policy", epsilon, checkpoint=name)
         raise PokeRLError(
             f"unknown player {name!r}: use one of {', '.join(STRATEGIES)} or a checkpoint path "
