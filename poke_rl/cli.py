@@ -150,7 +150,10 @@ def train(
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train BC, IQL or CQL on prepped shards; writes RUN/{config.json,metrics.jsonl,tb,checkpoints}."""
-    from poke_rl.train import DivergedError
+    import errno
+    import os
+
+    from poke_rl.train import DivergedError, OutOfSpaceError, TrainingInterrupted
     from poke_rl.train import train as run_training
 
     options = {
@@ -162,10 +165,19 @@ def train(
     }
     try:
         run_training(shards, options, config_file=config, resume=resume)
-    except DivergedError as exc:  # not the user's input: exit 1, with the one-line reason
+    except TrainingInterrupted as exc:  # SIGINT 130, SIGTERM 143; last.pt holds the step
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except (DivergedError, OutOfSpaceError) as exc:  # not the user's input: exit 1, one line
         if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # a full disk outside the loop (config.json, metrics.jsonl)
+        if _state["debug"] or exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {os.strerror(exc.errno).lower()}{where}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -18,6 +18,15 @@ every ``log_every`` steps (one sync), which is also when non-finite losses are d
 Failure behaviour: a NaN or inf loss (or parameter) raises ``DivergedError`` before anything is
 written, so ``last.pt`` always holds the last good state; the CLI exits 1 for it ("any other
 failure": the input was fine, the optimisation was not). ``|Q| > r_max / (1 - gamma)`` warns.
+A write that fails for lack of space or a file-size limit raises ``OutOfSpaceError`` (exit 1)
+naming the file and the step ``last.pt`` still holds (its writes are atomic).
+
+Signals: while ``run`` runs (in the main thread), SIGINT and SIGTERM (what schedulers and
+preemptible machines send) end the current step, save ``last.pt`` at it and raise
+``TrainingInterrupted`` (the CLI exits 130 / 143 with one line naming the checkpoint), so a
+preempted job loses no step; ``--resume`` continues from it bit-exactly. A second signal stops at
+once, without that save. Under torchrun the ranks agree on stopping at a log step (the one sync
+the loop already has), so they save the same step together.
 
 Distributed (``torchrun --nproc_per_node N poke-rl train ...``): every process builds the same
 networks from the same seed, rank 0's parameters are broadcast, and every parameter's gradient is
@@ -31,10 +40,13 @@ rank's loader position and RNG states.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -46,7 +58,14 @@ from typing import Any
 import orjson
 
 from poke_rl import __version__
-from poke_rl.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from poke_rl.checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    CorruptCheckpointError,
+    DiskFullError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file
 from poke_rl.manifest import load_manifest, require_fresh, write_json_atomic
@@ -192,6 +211,50 @@ class DivergedError(RuntimeError):
     """A loss or parameter became NaN or inf; the last good checkpoint was kept."""
 
 
+class OutOfSpaceError(RuntimeError):
+    """A write of the run failed for lack of space or a file-size limit; the message names the
+    file and the step the intact ``last.pt`` holds."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training; the message says where the checkpoint is.
+    ``exit_code`` is 128 + the signal number (130, 143), as a shell reports it."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopSignals:
+    """While entered (in the main thread only: elsewhere Python cannot take signals), SIGINT and
+    SIGTERM set ``signum`` for the loop to stop after the current step; a second one calls
+    ``at_once`` (which raises). The previous handlers come back on exit."""
+
+    def __init__(self, at_once: Any) -> None:
+        self.signum: int | None = None
+        self._at_once = at_once
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self._at_once(signum)
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 # -- distributed --------------------------------------------------------------------------------
 
 
@@ -294,8 +357,13 @@ class MetricsLog:
             handle.write(b"".join(line + b"\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        self._handle.flush()
+        try:
+            self._handle.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            self._handle.flush()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise DiskFullError(exc.errno, self.path) from exc
+            raise
         prefix = record["kind"]
         for name, value in record.items():
             if name not in ("kind", "step") and isinstance(value, (int, float)):
@@ -439,6 +507,7 @@ class Trainer:
         self.schedulers = attach_schedules(self.algorithm.optimizers(), self.schedule)
 
         self.step = 0
+        self._saved_step: int | None = None  # the step last.pt holds (None: no last.pt yet)
         self.best: dict[str, Any] = {"metric": config.best_metric, "mode": config.best_mode,
                                      "value": None, "step": None}
         self.last_metrics: dict[str, float] = {}
@@ -528,6 +597,7 @@ class Trainer:
         for scheduler, state in zip(self.schedulers, saved["schedulers"], strict=True):
             scheduler.load_state_dict(state)
         self.step = int(saved["step"])
+        self._saved_step = self.step
         self.best = dict(saved["best"])
         self.last_metrics = dict(saved.get("last_metrics", {}))
         self.r_max = float(saved.get("r_max", 0.0))
@@ -599,8 +669,57 @@ class Trainer:
             return
         self._require_finite_state()
         state = self.checkpoint_state()
-        if state is not None:
+        if state is None:
+            return
+        try:
             save_checkpoint(state, names[0], also=names[1:])
+        except DiskFullError as exc:
+            if last and exc.path != names[0]:  # last.pt was written, an extra name failed
+                self._saved_step = self.step
+            raise
+        if last:
+            self._saved_step = self.step
+
+    def resume_command(self) -> str:
+        return f"poke-rl train {self.config.shards} --resume --run-dir {self.run_dir}"
+
+    def _out_of_space(self, exc: DiskFullError) -> OutOfSpaceError:
+        fix = "raise the limit or free some space" if exc.errno == errno.EFBIG else "free some space"
+        if self._saved_step is None:
+            kept = f"no checkpoint was written yet: {fix}, then run the same command again"
+        else:
+            kept = (f"last.pt (step {self._saved_step}) is intact: {fix}, then continue with "
+                    f"`{self.resume_command()}`")
+        return OutOfSpaceError(f"{exc}; {kept}")
+
+    def _stop_requested(self, signum: int | None) -> int:
+        """The signal to stop for after this step (0: go on); under torchrun every rank's
+        answer, agreed at log steps only (a collective, like the log's)."""
+        if not self.dist.enabled:
+            return signum or 0
+        if self.step % self.config.log_every:
+            return 0
+        import torch
+        import torch.distributed as dist
+
+        shared = torch.tensor([signum or 0], device=self.device)
+        dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+        return int(shared.item())
+
+    def _interrupted(self, signum: int, saved: bool) -> TrainingInterrupted:
+        head = f"interrupted by {signal.Signals(signum).name} at step {self.step}"
+        last = self.checkpoint_dir / "last.pt"
+        resume = f"continue with `{self.resume_command()}`"
+        if saved:
+            return TrainingInterrupted(signum, f"{head}: saved {last}; {resume}")
+        if self._saved_step is not None:
+            return TrainingInterrupted(
+                signum, f"{head}, before saving it: {last} holds step {self._saved_step}; {resume}"
+            )
+        return TrainingInterrupted(signum, f"{head}, before any checkpoint was written")
+
+    def _stop_at_once(self, signum: int) -> None:
+        raise self._interrupted(signum, saved=False)
 
     def _require_finite_state(self) -> None:
         """Never write a checkpoint with NaN or inf parameters (a sync; only when saving)."""
@@ -646,7 +765,9 @@ class Trainer:
                 f"training {config.algo} for {config.steps} steps on {self.device} "
                 f"(world size {self.dist.world_size}), run folder {self.run_dir}"
             )
+        stop = _StopSignals(self._stop_at_once)
         try:
+            stop.__enter__()
             while self.step < config.steps:
                 fetch_start = time.perf_counter()
                 batch = next(self.train_batches)
@@ -680,12 +801,21 @@ class Trainer:
                     improved = self._agree(self._validate(progress, train_wait))
                     since_eval_wait_s, since_eval_s = 0.0, 0.0
                     eval_pause_s += time.perf_counter() - eval_start
+                saved_last = bool(config.save_every and self.step % config.save_every == 0)
                 self._save(
-                    last=(config.save_every and self.step % config.save_every == 0) or last_step,
+                    last=saved_last or last_step,
                     snapshot=bool(config.snapshot_every) and self.step % config.snapshot_every == 0,
                     best=improved,
                 )
+                signum = 0 if last_step else self._stop_requested(stop.signum)
+                if signum:  # SIGINT / SIGTERM: keep this step, then stop
+                    if not saved_last:
+                        self._save(last=True, snapshot=False, best=False)
+                    raise self._interrupted(signum, saved=True)
+        except DiskFullError as exc:
+            raise self._out_of_space(exc) from exc
         finally:  # a DivergedError propagates: the CLI prints it once and exits 1
+            stop.__exit__()
             progress.close()
             for hook in self._hooks:
                 hook.remove()
@@ -924,7 +1054,14 @@ def train(
         raise PokeRLError(
             f"--resume: {last} does not exist; nothing to resume (start the run without --resume)"
         )
-    saved = load_checkpoint(last)
+    try:
+        saved = load_checkpoint(last)
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(
+            last, exc.reason, "to resume from an older checkpoint of this run, copy it in its "
+            f"place: `cp --remove-destination {last.parent}/step-NNNNNNN.pt {last}` (last.pt may "
+            "be a hard link of best.pt: do not write through it)"
+        ) from None
     config = resolve_config(shards, options, config_file, base=saved["config"])
     _check_resumable(saved["config"], config)
     return Trainer(config, saved).run()
