@@ -52,6 +52,11 @@ def _where(out_dir: str | Path) -> str:
 
 def load_manifest(out_dir: str | Path) -> dict[str, Any]:
     """Read and validate ``OUT/manifest.json``; raise ``PokeRLError`` saying what is wrong."""
+    text = str(out_dir)
+    if text.startswith("pipe:") or "://" in text:
+        kind = "pipe: locations run a shell command and are never supported" if text.startswith(
+            "pipe:") else "this reads a local prep output folder"  # fmt: skip
+        raise PokeRLError(f"{text!r} is not a folder: {kind}; give a shards folder")
     root = Path(out_dir)
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -353,11 +358,11 @@ def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
     problems = []
     for split in SPLITS:
         for entry in shard_entries(manifest, split):
-            try:
-                path = shard_file(out_dir, entry["path"])
-            except PokeRLError as exc:
-                problems.append(f"{entry['path']}: {exc}")
+            outside = _outside(Path(out_dir), entry["path"])
+            if outside:
+                problems.append(f"{entry['path']}: {outside} (a symlink?), not read")
                 continue
+            path = Path(out_dir) / entry["path"]
             if not path.is_file():
                 problems.append(f"{entry['path']}: missing")
                 continue
