@@ -1058,9 +1058,9 @@ def train(
         saved = load_checkpoint(last)
     except CorruptCheckpointError as exc:
         raise CorruptCheckpointError(
-            last, exc.reason, "to resume from an older checkpoint of this run, copy it in its "
-            f"place: `cp --remove-destination {last.parent}/step-NNNNNNN.pt {last}` (last.pt may "
-            "be a hard link of best.pt: do not write through it)"
+            last, exc.reason, "to resume from an older save of this run, copy that file over "
+            f"last.pt: `cp --remove-destination {last.parent}/step-NNNNNNN.pt {last}` (not a "
+            "plain cp: last.pt may be a hard link of best.pt)"
         ) from None
     config = resolve_config(shards, options, config_file, base=saved["config"])
     _check_resumable(saved["config"], config)
