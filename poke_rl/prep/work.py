@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 
 from poke_rl import schema, shards
 from poke_rl.features import FeatureConfig, Preprocessor
-from poke_rl.prep.columnar import explode, parse_chunk
+from poke_rl.manifest import SPLITS
+from poke_rl.prep.columnar import parse_chunk
 from poke_rl.prep.inputs import read_range
+from poke_rl.prep.steps import explode
 
-SPLITS = ("train", "val")
 PAUSE_ENV = "POKE_RL_PREP_PAUSE"  # "<phase>" or "<phase>:<seconds>": sleep there (kill tests)
 _PERMUTATION_SEED = 0x706F6B65
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
 from poke_rl.schema import (  # noqa: E402

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from poke_rl.schema import OBSERVATION_FIELDS, REASONS, fields_markdown
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "TRAJECTORY.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "TRAJECTORY.md"
 
 
 def test_trajectory_doc_holds_the_generated_field_table():

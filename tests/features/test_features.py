@@ -22,7 +22,7 @@ from poke_rl import dex, features, schema
 from poke_rl.batch import FIELDS, FeatureSpec
 from poke_rl.features import FeatureConfig, Preprocessor, columns_from_arrow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NUM = 70 + dex.WIDTH  # the table's 70 columns plus the dex features
 
 

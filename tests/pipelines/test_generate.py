@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # pipelines/ holds recipes, not an installed package
     sys.path.insert(0, str(ROOT))
 
@@ -341,6 +341,7 @@ def test_command_line_writes_and_reports(tmp_path: Path, capsys: pytest.CaptureF
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_the_sample_is_the_documented_collected_corpus() -> None:
     """data/sample.jsonl.gz is 1,000 battles from `poke-rl collect` (not this generator): Showdown
     battles cannot be replayed from a seed, so data/README.md pins the bytes by hash next to the

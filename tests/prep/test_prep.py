@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 from pipelines.generate import BAD_KINDS, GenConfig, battle_records, iter_lines  # noqa: E402
 from poke_rl import schema, shards  # noqa: E402
@@ -30,7 +30,8 @@ from poke_rl.features import FeatureConfig, Preprocessor  # noqa: E402
 from poke_rl.manifest import inspect_shards  # noqa: E402
 from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
 from poke_rl.prep import build as prep_build  # noqa: E402
-from poke_rl.prep.columnar import explode, parse_chunk, reference_check, trajectory_key  # noqa: E402
+from poke_rl.prep.columnar import parse_chunk, reference_check, trajectory_key  # noqa: E402
+from poke_rl.prep.steps import explode  # noqa: E402
 
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
 
@@ -487,6 +488,7 @@ def _run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: bo
     proc.stderr.close()
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
     lines = [line for _, line in corpus_lines(30, seed=21, bad_fraction=0.02)]
     # the old output is of the same input path, changed in place since (a prep that drops a

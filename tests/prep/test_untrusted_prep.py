@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 from test_prep import assert_chunk_matches_reference  # noqa: E402
 
@@ -435,6 +435,7 @@ def _cli(*args: object) -> list[str]:
     return [str(POKE_RL), "prep", *[str(a) for a in args], *ARGS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("signum", "code", "phase", "workers"),
     [(signal.SIGTERM, 143, "rejects", 1), (signal.SIGINT, 130, "rejects", 1),
