@@ -89,8 +89,7 @@ def prep(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
-    from poke_rl.prep import PrepOptions, run_prep
-    from poke_rl.prep.build import PrepInterrupted
+    from poke_rl.prep import PrepInterrupted, PrepOptions, run_prep
 
     options = PrepOptions(
         val_fraction=val_fraction,

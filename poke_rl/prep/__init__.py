@@ -1,10 +1,14 @@
 """``poke-rl prep``: trajectory JSONL → transition Parquet + WebDataset tensor shards.
 
-Modules: ``inputs`` (files and chunks), ``columnar`` (Arrow parse, columnar validation, the
-reference fallback, explode), ``work`` (what a worker does with a chunk or a Parquet part),
-``build`` (rebuild rules, the pool, dedupe, staging and the atomic swap), ``report``.
+Modules, in the order data flows: ``inputs`` (files and chunks), ``columnar`` (one chunk: Arrow
+parse, the reference fallback, duplicates), ``checks`` (columnar validation), ``steps`` (the
+step batch and its explode into transitions), ``work`` (what a worker does with a chunk or a
+Parquet part), ``rules`` (rebuild rules, what OUT may hold), ``staging`` (staging, lock, atomic
+swap, signals), ``build`` (the pool, dedupe, counts, manifest), ``options``, ``report``.
 """
 
-from poke_rl.prep.build import PrepOptions, PrepResult, run_prep
+from poke_rl.prep.build import run_prep
+from poke_rl.prep.options import PrepOptions, PrepResult
+from poke_rl.prep.staging import PrepInterrupted
 
-__all__ = ["PrepOptions", "PrepResult", "run_prep"]
+__all__ = ["PrepInterrupted", "PrepOptions", "PrepResult", "run_prep"]

@@ -1,0 +1,220 @@
+"""Prep's rebuild rules (DESIGN.md): what of an existing OUT can stay, and what OUT may hold.
+
+Up to date (same inputs, same settings, parts and shards intact), tensors only (the Parquet is
+intact but the preprocessor, split or block size changed) or a full build; an OUT that is, holds
+or lies inside an input, that holds files prep did not write, or that was built from inputs the
+command line omits, is refused. Inputs are compared by sha256, computed once per file version.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from poke_rl import schema
+from poke_rl.errors import PokeRLError
+from poke_rl.features import Preprocessor
+from poke_rl.files import file_sha256
+from poke_rl.manifest import MANIFEST_NAME, SPLITS, load_manifest, parse_manifest, write_json_atomic
+from poke_rl.prep.inputs import InputFile, printable_path
+from poke_rl.prep.options import PrepOptions
+from poke_rl.prep.staging import (
+    HASH_CACHE,
+    LOCK_NAME,
+    OLD_MANIFEST,
+    OUTPUT_ITEMS,
+    STAGING_PREFIX,
+)
+
+# -- rebuild rules -----------------------------------------------------------------------------
+
+
+def existing_manifest(out: Path) -> dict[str, Any] | None:
+    """OUT's manifest, validated by ``poke_rl.manifest``; None when there is none prep can use
+    (missing, not JSON, another format version, not a poke-rl manifest): then OUT is rebuilt."""
+    try:
+        return load_manifest(out)
+    except PokeRLError:
+        return None
+
+
+def same_sizes(files: list[InputFile], old: dict[str, Any]) -> bool:
+    listed = [(e.get("path"), e.get("bytes")) for e in old.get("inputs", [])]
+    return listed == [(str(f.path), f.bytes) for f in files]
+
+
+def same_inputs(files: list[InputFile], hashes: list[str], old: dict[str, Any]) -> bool:
+    return [e.get("sha256") for e in old.get("inputs", [])] == hashes
+
+
+def settings_match(old: dict[str, Any], preprocessor: Preprocessor, options: PrepOptions) -> bool:
+    return (
+        old.get("preprocessor", {}).get("fingerprint") == preprocessor.fingerprint
+        and old.get("val_fraction") == options.val_fraction
+        and old.get("block_size") == options.block_size
+    )
+
+
+def part_paths(folder: Path) -> list[Path]:
+    return sorted(folder.glob("part-*.parquet"))
+
+
+def parts_intact(out: Path, old: dict[str, Any]) -> bool:
+    """The Parquet parts exist, hold the manifest's transition count and today's schema (a
+    schema change, e.g. a new observation field, needs the JSONL again)."""
+    expected = schema.transition_arrow_schema()
+    rows = 0
+    try:
+        for path in part_paths(out / "transitions"):
+            part = pq.ParquetFile(path)
+            if not part.schema_arrow.remove_metadata().equals(expected):
+                return False
+            rows += part.metadata.num_rows
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+    return rows == old.get("counts", {}).get("transitions")
+
+
+def shards_intact(out: Path, old: dict[str, Any]) -> bool:
+    """Every listed shard exists with its recorded size (sha256 is ``inspect``'s job)."""
+    for split in SPLITS:
+        for entry in old.get("splits", {}).get(split, {}).get("shards", []):
+            path = out / entry["path"]
+            if not path.is_file() or path.stat().st_size != entry["bytes"]:
+                return False
+    return True
+
+
+# -- what prep owns: refuse an OUT that overlaps an input or holds files prep did not write -------
+
+_PART_NAME = re.compile(r"part-\d{5}\.parquet")
+
+
+def refuse_overlap(out: Path, files: list[InputFile], folders: list[Path]) -> None:
+    """Refuse an OUT that is, contains or lies inside an input (a file, or a folder walked for
+    inputs): prep would read its own output (rejects.jsonl is JSONL) or replace an input."""
+    target = out.resolve()
+    for path, what in [*((f.path, "file") for f in files), *((d, "folder") for d in folders)]:
+        if target == path or path.is_relative_to(target) or (
+            what == "folder" and target.is_relative_to(path)
+        ):
+            raise PokeRLError(
+                f"output {out} is, contains or lies inside input {what} {printable_path(path)}: "
+                "prep would read or replace its own output; choose an OUT outside the inputs"
+            )
+
+
+def _recorded(manifest: dict[str, Any] | None) -> set[str] | None:
+    """The files a manifest records (relative paths); None for a manifest written before prep
+    recorded its Parquet parts (then any ``part-NNNNN.parquet`` is taken as recorded)."""
+    if not isinstance(manifest, dict):
+        return set()
+    paths = set()
+    for split in (manifest.get("splits") or {}).values():
+        for entry in (split or {}).get("shards", []) if isinstance(split, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                paths.add(entry["path"])
+    parts = manifest.get("parts")
+    if not isinstance(parts, list):
+        return None if paths else set()
+    paths.update(e["path"] for e in parts if isinstance(e, dict) and isinstance(e.get("path"), str))
+    return paths
+
+
+def _prep_top_level(name: str) -> bool:
+    return name in (MANIFEST_NAME, LOCK_NAME, HASH_CACHE, *OUTPUT_ITEMS) or name.startswith(
+        (STAGING_PREFIX, f".{MANIFEST_NAME}.tmp-", f".{HASH_CACHE}.tmp-")
+    )
+
+
+def refuse_foreign(out: Path) -> None:
+    """Refuse an OUT holding what prep did not write: in ``transitions/`` and ``tensors/``
+    (replaced whole by a swap) any file no manifest of OUT or of its complete staging records;
+    at the top level of an OUT holding no prep output, anything prep does not write."""
+    manifests = [existing_manifest(out)]
+    for staging in sorted(out.glob(STAGING_PREFIX + "*")):
+        if (staging / MANIFEST_NAME).is_file():
+            manifests += [_manifest_at(staging / MANIFEST_NAME), _manifest_at(staging / OLD_MANIFEST)]
+    records = [_recorded(m) for m in manifests if m is not None]
+    legacy = any(r is None for r in records)
+    known = set().union(*(r for r in records if r is not None))
+    for folder in ("transitions", "tensors"):
+        path = out / folder
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise PokeRLError(
+                f"{printable_path(path)} is not a folder prep wrote; prep replaces it, so it "
+                f"refuses: move it out of {out}, or choose another OUT"
+            )
+        if not path.is_dir():
+            continue
+        for entry in sorted(path.iterdir()):
+            name = f"{folder}/{entry.name}"
+            if name in known or (legacy and folder == "transitions" and _PART_NAME.fullmatch(entry.name)):
+                continue
+            raise PokeRLError(
+                f"{printable_path(entry)} was not written by prep (no manifest of {out} records it); "
+                "prep replaces that folder whole, so it refuses: move the file out, or choose "
+                "another OUT"
+            )
+    if not records:
+        others = sorted(e.name for e in out.iterdir() if not _prep_top_level(e.name))
+        if others:
+            shown = ", ".join(printable_path(n) for n in others[:3]) + (", ..." if len(others) > 3 else "")
+            raise PokeRLError(
+                f"{out} holds no prep output (no manifest.json) and is not empty ({shown}): "
+                "choose a new or empty folder for OUT"
+            )
+
+
+def refuse_dropped_inputs(out: Path, files: list[InputFile], old: dict[str, Any]) -> None:
+    """Until incremental prep lands, a prep without some of OUT's recorded inputs would rebuild
+    OUT without their trajectories: name them and refuse unless ``--force``."""
+    recorded = [e.get("path") for e in old.get("inputs", []) if isinstance(e, dict)]
+    given = {str(f.path) for f in files}
+    missing = [p for p in recorded if p not in given]
+    if not missing:
+        return
+    names = ", ".join(orjson.dumps(str(p)).decode() for p in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    raise PokeRLError(
+        f"{len(missing)} of {len(recorded)} inputs {out} was built from are not on the command "
+        f"line, and rebuilding would drop their trajectories: {names}{more}; give them too, or "
+        "--force to rebuild from these inputs alone"
+    )
+
+
+def _manifest_at(path: Path) -> dict[str, Any] | None:
+    """A staging's manifest (or the one it replaces), validated; None if unusable."""
+    try:
+        return parse_manifest(path.read_bytes(), str(path))
+    except (OSError, PokeRLError):
+        return None
+
+
+# -- input hashes: sha256 once per file version, remembered by (path, size, mtime, inode) ---------
+
+
+def _stat_key(source: InputFile) -> str:
+    stat = source.path.stat()
+    return f"{source.path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+
+
+def cached_sha256(out: Path, source: InputFile) -> str:
+    try:
+        cache = orjson.loads((out / HASH_CACHE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        cache = {}
+    key = _stat_key(source)
+    cached = cache.get(key) if isinstance(cache, dict) else None
+    return cached if isinstance(cached, str) else file_sha256(source.path)
+
+
+def remember_hashes(out: Path, files: list[InputFile], hashes: list[str]) -> None:
+    write_json_atomic(out / HASH_CACHE, {_stat_key(f): h for f, h in zip(files, hashes, strict=True)})
+
+
