@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from poke_rl.errors import PokeRLError
+from poke_rl.policy import load_algorithm
 
 # Shown first, in this order, by ``poke-rl eval``; any other metric follows.
 METRIC_ORDER = ("accuracy", "entropy", "ce", "q_data", "q_max", "td_error", "v_mean", "cql_penalty")
@@ -78,33 +79,6 @@ def run_validation(
         eval_s=elapsed,
     )
     return result
-
-
-def load_algorithm(
-    checkpoint_path: str | Path, preprocessor: Any, device: Any
-) -> tuple[dict[str, Any], Any]:
-    """The checkpoint's dict and its algorithm with the saved weights, on ``device``.
-
-    Raises PokeRLError when the checkpoint is unusable or was trained on features of another
-    preprocessor than ``preprocessor`` (its fingerprint or layout differs).
-    """
-    from poke_rl import train as train_module
-    from poke_rl.algos import make_algorithm
-    from poke_rl.checkpoint import load_checkpoint
-    from poke_rl.models import ModelConfig
-
-    state = load_checkpoint(checkpoint_path, map_location=device)
-    feature_spec = preprocessor.feature_spec()
-    train_module.require_same_features(
-        state, preprocessor.fingerprint, feature_spec, f"checkpoint {checkpoint_path}"
-    )
-    model = dict(state["model_config"])
-    model["hidden_sizes"] = tuple(model.get("hidden_sizes", ()))
-    algorithm = make_algorithm(
-        state["algo"], feature_spec, ModelConfig(**model), state["algo_config"], device
-    )
-    algorithm.load_state_dict(state["algo_state"])
-    return state, algorithm
 
 
 def evaluate_checkpoint(

@@ -69,6 +69,7 @@ from poke_rl.checkpoint import (
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file
 from poke_rl.manifest import load_manifest, require_fresh, write_json_atomic
+from poke_rl.policy import require_same_features
 
 ALGO_NAMES = ("iql", "cql", "bc")
 DEVICES = ("auto", "cpu", "cuda")
@@ -1012,23 +1013,6 @@ def _check_resumable(saved: Mapping[str, Any], resumed: TrainConfig) -> None:
         raise PokeRLError(
             f"--resume: {name} was {old!r} in this run and is {new!r} now; a resumed run keeps "
             f"its config (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
-        )
-
-
-def require_same_features(state: Mapping[str, Any], fingerprint: str, feature_spec: Any,
-                           what: str) -> None:
-    saved = state["preprocessor"]
-    if saved.get("feature_spec") != feature_spec.to_dict():
-        raise PokeRLError(
-            f"{what}: the checkpoint's feature layout differs from the installed preprocessor's "
-            "(different id columns, vocabularies or numeric width); it cannot be used with "
-            "these features"
-        )
-    if saved.get("fingerprint") != fingerprint:
-        raise PokeRLError(
-            f"{what}: the checkpoint was trained on features of preprocessor "
-            f"{str(saved.get('fingerprint'))[:19]}, installed is {fingerprint[:19]}; retrain it "
-            "on shards rebuilt with `poke-rl prep`"
         )
 
 

@@ -17,8 +17,8 @@ from poke_rl.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from poke_rl.cli import app  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
 from poke_rl.features import Preprocessor  # noqa: E402
+from poke_rl.policy import CheckpointPolicy  # noqa: E402
 from poke_rl.showdown.online import (  # noqa: E402
-    CheckpointPolicy,
     OpponentResult,
     parse_opponents,
     print_online_report,

@@ -191,7 +191,7 @@ def test_one_flipped_byte_is_refused_by_every_reader(
     bad.write_bytes(bytes(data))
 
     if reader == "player":
-        from poke_rl.showdown.online import CheckpointPolicy
+        from poke_rl.policy import CheckpointPolicy
         from poke_rl.showdown.players import PlayerSpec
 
         with pytest.raises(PokeRLError) as parsed:

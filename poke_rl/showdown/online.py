@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 
 from poke_rl.errors import PokeRLError
+from poke_rl.policy import CheckpointPolicy
 
 DEFAULT_OPPONENTS = ("random", "maxpower", "heuristic")
 Z_95 = 1.959963984540054
@@ -69,43 +70,6 @@ def wilson_interval(wins: int, battles: int, z: float = Z_95) -> tuple[float, fl
     centre = (p + z * z / (2 * battles)) / denominator
     half = z * math.sqrt(p * (1 - p) / battles + z * z / (4 * battles * battles)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-class CheckpointPolicy:
-    """``(observation dict, mask) -> action index``: a checkpoint's greedy masked action."""
-
-    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
-        import torch
-
-        from poke_rl import train as train_module
-        from poke_rl.evaluate import load_algorithm
-        from poke_rl.features import Preprocessor
-
-        self.preprocessor = Preprocessor()
-        self.device = train_module.resolve_device(device, train_module.DistContext())
-        self.state, self.algorithm = load_algorithm(checkpoint, self.preprocessor, self.device)
-        for network in self.algorithm.networks().values():
-            network.eval()
-        self._torch = torch
-
-    @property
-    def algo(self) -> str:
-        return str(self.state["algo"])
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-    def __call__(self, observation: dict[str, Any], mask: Sequence[bool]) -> int:
-        torch = self._torch
-        ids, num = self.preprocessor.transform_observation(observation)
-        with torch.inference_mode():
-            action = self.algorithm.greedy_action(
-                torch.from_numpy(ids).unsqueeze(0).to(self.device),
-                torch.from_numpy(num).unsqueeze(0).to(self.device),
-                torch.tensor([list(mask)], dtype=torch.bool, device=self.device),
-            )
-        return int(action[0])
 
 
 @dataclass

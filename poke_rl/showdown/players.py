@@ -243,7 +243,7 @@ class PlayerSpec:
     def build(self, **kwargs: Any) -> RecordingPlayer:
         """A player of this strategy; ``kwargs`` go to ``RecordingPlayer`` and poke-env."""
         if self.checkpoint is not None:
-            from poke_rl.showdown.online import CheckpointPolicy
+            from poke_rl.policy import CheckpointPolicy
 
             return PolicyPlayer(CheckpointPolicy(self.checkpoint), epsilon=self.epsilon,
                                 label=self.label, **kwargs)

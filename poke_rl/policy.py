@@ -1,0 +1,92 @@
+"""The one module that loads a checkpoint as an algorithm, or as a policy for live play.
+
+Every reader that turns a checkpoint into a network goes through ``load_algorithm``: offline
+``eval``, ``eval --online``, checkpoint players of ``collect``. It refuses a checkpoint trained on
+other features than the installed preprocessor's (``require_same_features``), which ``train``
+also applies to ``--resume`` and ``--init-from``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poke_rl.algos import make_algorithm
+from poke_rl.checkpoint import load_checkpoint
+from poke_rl.errors import PokeRLError
+from poke_rl.features import Preprocessor
+from poke_rl.models import ModelConfig
+from poke_rl.world import resolve_device
+
+
+def require_same_features(
+    state: Mapping[str, Any], fingerprint: str, feature_spec: Any, what: str
+) -> None:
+    """Refuse a checkpoint whose feature layout or preprocessor fingerprint is not the installed one."""
+    saved = state["preprocessor"]
+    if saved.get("feature_spec") != feature_spec.to_dict():
+        raise PokeRLError(
+            f"{what}: the checkpoint's feature layout differs from the installed preprocessor's "
+            "(different id columns, vocabularies or numeric width); it cannot be used with "
+            "these features"
+        )
+    if saved.get("fingerprint") != fingerprint:
+        raise PokeRLError(
+            f"{what}: the checkpoint was trained on features of preprocessor "
+            f"{str(saved.get('fingerprint'))[:19]}, installed is {fingerprint[:19]}; retrain it "
+            "on shards rebuilt with `poke-rl prep`"
+        )
+
+
+def load_algorithm(
+    checkpoint_path: str | Path, preprocessor: Preprocessor, device: torch.device
+) -> tuple[dict[str, Any], Any]:
+    """The checkpoint's dict and its algorithm with the saved weights, on ``device``.
+
+    Raises PokeRLError when the checkpoint is unusable (missing, corrupt, foreign) or was trained
+    on features of another preprocessor than ``preprocessor``.
+    """
+    state = load_checkpoint(checkpoint_path, map_location=device)
+    feature_spec = preprocessor.feature_spec()
+    require_same_features(
+        state, preprocessor.fingerprint, feature_spec, f"checkpoint {checkpoint_path}"
+    )
+    model = dict(state["model_config"])
+    model["hidden_sizes"] = tuple(model.get("hidden_sizes", ()))
+    algorithm = make_algorithm(
+        state["algo"], feature_spec, ModelConfig(**model), state["algo_config"], device
+    )
+    algorithm.load_state_dict(state["algo_state"])
+    return state, algorithm
+
+
+class CheckpointPolicy:
+    """``(observation dict, mask) -> action index``: a checkpoint's greedy masked action."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
+        self.preprocessor = Preprocessor()
+        self.device = resolve_device(device)
+        self.state, self.algorithm = load_algorithm(checkpoint, self.preprocessor, self.device)
+        for network in self.algorithm.networks().values():
+            network.eval()
+
+    @property
+    def algo(self) -> str:
+        return str(self.state["algo"])
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def __call__(self, observation: dict[str, Any], mask: Sequence[bool]) -> int:
+        ids, num = self.preprocessor.transform_observation(observation)
+        with torch.inference_mode():
+            action = self.algorithm.greedy_action(
+                torch.from_numpy(ids).unsqueeze(0).to(self.device),
+                torch.from_numpy(num).unsqueeze(0).to(self.device),
+                torch.tensor([list(mask)], dtype=torch.bool, device=self.device),
+            )
+        return int(action[0])
