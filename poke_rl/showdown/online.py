@@ -22,23 +22,28 @@ interval.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import queue
 import secrets
-import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from poke_rl.console import Progress, print_table
 from poke_rl.errors import PokeRLError
 from poke_rl.policy import CheckpointPolicy
+from poke_rl.showdown.battles import (
+    DEFAULT_FORMAT,
+    check_format,
+    play_battles,
+    player_options,
+    server_url,
+)
+from poke_rl.showdown.players import PlayerSpec, PolicyPlayer
 
 DEFAULT_OPPONENTS = ("random", "maxpower", "heuristic")
 Z_95 = 1.959963984540054
@@ -50,7 +55,7 @@ class OnlineOptions:
 
     battles: int = 100  # per opponent
     opponents: tuple[str, ...] = DEFAULT_OPPONENTS
-    battle_format: str = "gen9randombattle"
+    battle_format: str = DEFAULT_FORMAT
     concurrency: int = 8
     server: str | None = None  # ws://HOST:PORT of a running server; None: start a local one
     port: int | None = None  # the local server's port; None: a free one
@@ -109,8 +114,6 @@ class OpponentResult:
 
 def parse_opponents(text: str | Sequence[str]) -> tuple[str, ...]:
     """``"random,maxpower,heuristic"`` (or a list) -> validated opponent specs."""
-    from poke_rl.showdown.players import PlayerSpec
-
     items = text.split(",") if isinstance(text, str) else list(text)
     opponents = tuple(item.strip() for item in items if item.strip())
     if not opponents:
@@ -122,36 +125,19 @@ def parse_opponents(text: str | Sequence[str]) -> tuple[str, ...]:
     return opponents
 
 
-@contextmanager
-def _server_url(server: str | None, port: int | None) -> Iterator[str]:
-    from poke_rl.collect import _check_reachable, websocket_url
-
-    if server:
-        url = websocket_url(server)
-        _check_reachable(url)
-        yield url
-        return
-    from poke_rl.showdown.server import local_server
-
-    with local_server(port) as running:
-        yield running.websocket_url
-
-
 def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]:
     """Play ``options.battles`` battles against each opponent; the report as plain data."""
-    from poke_rl.collect import _check_format
-
     if options.battles < 1 or options.concurrency < 1:
         raise PokeRLError("--battles and --concurrency must be at least 1")
     opponents = parse_opponents(options.opponents)
-    _check_format(options.battle_format)
+    check_format(options.battle_format)
     import torch
 
     torch.set_num_threads(max(1, options.torch_threads))
     policy = CheckpointPolicy(checkpoint, options.device)
     results: list[OpponentResult] = []
     start = time.perf_counter()
-    with _server_url(options.server, options.port) as url:
+    with server_url(options.server, options.port) as url:
         for index, opponent in enumerate(opponents):
             results.append(_play_opponent(policy, opponent, index, url, options))
     rows = [result.to_dict() for result in results]
@@ -171,71 +157,35 @@ def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]
 
 def _play_opponent(policy: CheckpointPolicy, opponent: str, index: int, url: str,
                    options: OnlineOptions) -> OpponentResult:
-    from poke_env import AccountConfiguration, ServerConfiguration
-    from poke_env.concurrency import POKE_LOOP
-
-    from poke_rl.collect import _stop_listening
-    from poke_rl.showdown.players import PlayerSpec, PolicyPlayer
-
     tag = secrets.token_hex(3)  # Showdown names are per server: unique across runs sharing one
     finished: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-    common = {
-        "server_configuration": ServerConfiguration(url, ""),
-        "battle_format": options.battle_format,
-        "max_concurrent_battles": options.concurrency,
-        "log_level": logging.ERROR,
-    }
+
+    def account(role: str) -> dict[str, Any]:
+        return player_options(url, f"prlev{tag}{role}{index}", options.battle_format,
+                              options.concurrency)
+
     agent = PolicyPlayer(
-        policy, account_configuration=AccountConfiguration(f"prlev{tag}a{index}", None),
-        seed=f"{options.seed}:agent:{index}", label=f"{policy.algo}@{policy.step}",
-        on_trajectory=finished.put, **common,
+        policy, seed=f"{options.seed}:agent:{index}", label=f"{policy.algo}@{policy.step}",
+        on_trajectory=finished.put, **account("a"),
     )
-    rival = PlayerSpec.parse(opponent).build(
-        account_configuration=AccountConfiguration(f"prlev{tag}o{index}", None),
-        seed=f"{options.seed}:opponent:{index}", **common,
-    )
+    rival = PlayerSpec.parse(opponent).build(seed=f"{options.seed}:opponent:{index}",
+                                             **account("o"))
     result = OpponentResult(opponent=opponent)
-    progress = _Progress(options.progress, options.battles, opponent)
+
+    def score(record: dict[str, Any]) -> str:
+        outcome = record["total_reward"]
+        result.battles += 1
+        result.wins += outcome > 0
+        result.losses += outcome < 0
+        result.ties += outcome == 0
+        result.turns += int(record["turns"])
+        return f"won {result.wins}/{result.battles}"
+
     began = time.perf_counter()
-    future = asyncio.run_coroutine_threadsafe(
-        agent.battle_against(rival, n_battles=options.battles), POKE_LOOP
-    )
-    try:
-        last_event = time.monotonic()
-        while True:
-            failure = agent.failure or rival.failure
-            if failure is not None:
-                raise RuntimeError(f"a player failed while deciding: {failure!r}") from failure
-            try:
-                record = finished.get(timeout=0.2)
-            except queue.Empty:
-                if future.done() and finished.empty():
-                    break
-                if time.monotonic() - last_event > options.stall_timeout_s:
-                    raise PokeRLError(
-                        f"no battle finished in {options.stall_timeout_s:g} s on {url} against "
-                        f"{opponent} ({result.battles}/{options.battles} done): is the server "
-                        "healthy?"
-                    ) from None
-                continue
-            last_event = time.monotonic()
-            outcome = record["total_reward"]
-            result.battles += 1
-            result.wins += outcome > 0
-            result.losses += outcome < 0
-            result.ties += outcome == 0
-            result.turns += int(record["turns"])
-            progress.update(result.battles, result.wins)
-        future.result()
-    finally:
-        if not future.done():  # stopped early (error, Ctrl-C): battles in flight are abandoned
-            future.cancel()
-            # not one traceback per dropped battle (poke-env's and asyncio's, the run is ending)
-            for logger in (agent.logger, rival.logger, logging.getLogger("asyncio")):
-                logger.setLevel(logging.CRITICAL)
-        progress.close()
-        for player in (agent, rival):
-            _stop_listening(player, POKE_LOOP)
+    with Progress(f"eval vs {opponent}", options.battles, enabled=options.progress,
+                  plain_lines=4) as progress:
+        play_battles(agent, rival, options.battles, finished, score, progress,
+                     where=f"on {url} against {opponent}", stall_timeout_s=options.stall_timeout_s)
     result.seconds = time.perf_counter() - began
     result.decisions = agent.decisions
     result.illegal_actions = agent.illegal_choices
@@ -244,60 +194,26 @@ def _play_opponent(policy: CheckpointPolicy, opponent: str, index: int, url: str
     return result
 
 
-class _Progress:
-    """A rich bar on a terminal, else a plain line every quarter of an opponent's battles."""
-
-    def __init__(self, enabled: bool, total: int, opponent: str) -> None:
-        self.enabled, self.total, self.opponent = enabled, total, opponent
-        self._every = max(1, total // 4)
-        self._bar: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self._bar = Progress(
-                TextColumn(f"[bold]vs {opponent}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), console=Console(stderr=True),
-            )
-            self._task = self._bar.add_task(opponent, total=total, info="")
-            self._bar.start()
-
-    def update(self, done: int, wins: int) -> None:
-        info = f"won {wins}/{done}"
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done, info=info)
-        elif self.enabled and (done % self._every == 0 or done == self.total):
-            print(f"eval vs {self.opponent}: {done}/{self.total} battles, {info}",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def print_online_report(report: dict[str, Any], as_json: bool = False) -> None:
     """``poke-rl eval --online``'s output: a table (or one JSON object) on stdout."""
     if as_json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"{report['algo']} step {report['step']} online, {report['format']}, "
-        f"{report['battles_per_opponent']} battles per opponent ({report['seconds']:.0f} s)",
-        title_justify="left",
-    )
-    table.add_column("opponent", overflow="fold")  # a checkpoint path folds; counters stay whole
-    for name in ("battles", "wins", "win rate", "95% CI", "turns", "illegal", "refused",
-                 "trapped"):
-        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    rows = []
     for row in report["opponents"]:
         low, high = row["win_rate_ci95"]
-        table.add_row(
-            row["opponent"], str(row["battles"]), str(row["wins"]), f"{row['win_rate']:.1%}",
-            f"{low:.1%}–{high:.1%}", f"{row['mean_turns']:.1f}", str(row["illegal_actions"]),
-            str(row["refused_choices"]), str(row["trapped_retries"]),
-        )
-    console = Console()
-    Console(width=max(console.width, 100)).print(table)  # 80 columns would cut the counters
+        rows.append((
+            row["opponent"], row["battles"], row["wins"], f"{row['win_rate']:.1%}",
+            f"{low:.1%}–{high:.1%}", f"{row['mean_turns']:.1f}", row["illegal_actions"],
+            row["refused_choices"], row["trapped_retries"],
+        ))
+    header = ("opponent", "battles", "wins", "win rate", "95% CI", "turns", "illegal", "refused",
+              "trapped")
+    print_table(
+        f"{report['algo']} step {report['step']} online, {report['format']}, "
+        f"{report['battles_per_opponent']} battles per opponent ({report['seconds']:.0f} s)",
+        rows,
+        header=header,
+        right=header[1:],  # a checkpoint path folds; counters stay whole
+        min_width=100,  # 80 columns would cut the counters
+    )

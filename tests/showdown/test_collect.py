@@ -18,8 +18,6 @@ from conftest import showdown_missing  # noqa: E402
 
 from poke_rl import schema  # noqa: E402
 from poke_rl.cli import app  # noqa: E402
-from poke_rl.collect import websocket_url  # noqa: E402
-from poke_rl.errors import PokeRLError  # noqa: E402
 from poke_rl.showdown.server import SHOWDOWN_DIR_ENV  # noqa: E402
 
 runner = CliRunner()
@@ -44,6 +42,8 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"out": out, "records": records, "output": result.output}
 
 
+@pytest.mark.showdown
+@pytest.mark.slow
 def test_collect_writes_both_players_of_every_battle(collected: dict[str, Any]) -> None:
     records = collected["records"]
     assert len(records) == 2 * BATTLES
@@ -57,6 +57,8 @@ def test_collect_writes_both_players_of_every_battle(collected: dict[str, Any]) 
         assert sorted(r["total_reward"] for r in pair) in ([-1.0, 1.0], [0.0, 0.0])
 
 
+@pytest.mark.showdown
+@pytest.mark.slow
 def test_every_line_passes_the_reference_validator(collected: dict[str, Any]) -> None:
     actions: Counter[int] = Counter()
     for record in collected["records"]:
@@ -76,6 +78,8 @@ def test_every_line_passes_the_reference_validator(collected: dict[str, Any]) ->
     assert sum(actions[i] for i in range(4)) > 0 and sum(actions[i] for i in range(4, 10)) > 0
 
 
+@pytest.mark.showdown
+@pytest.mark.slow
 def test_prep_accepts_everything(collected: dict[str, Any], tmp_path: Path) -> None:
     prep = pytest.importorskip("poke_rl.prep")
     result = prep.run_prep([str(collected["out"])], tmp_path / "shards",
@@ -112,10 +116,3 @@ def test_missing_server_names_make_showdown(tmp_path: Path, monkeypatch) -> None
     result = runner.invoke(app, ["collect", str(tmp_path / "x.jsonl")])
     assert result.exit_code == 2 and "make showdown" in result.output
 
-
-def test_websocket_url_forms() -> None:
-    assert websocket_url("ws://127.0.0.1:8000") == "ws://127.0.0.1:8000/showdown/websocket"
-    assert websocket_url("ws://127.0.0.1:8000/") == "ws://127.0.0.1:8000/showdown/websocket"
-    assert websocket_url("wss://h:1/x/y") == "wss://h:1/x/y"
-    with pytest.raises(PokeRLError):
-        websocket_url("127.0.0.1:8000")

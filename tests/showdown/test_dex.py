@@ -16,7 +16,7 @@ from poke_rl import dex
 from poke_rl.features import Preprocessor
 from poke_rl.showdown.vocab import default_vocabularies
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = default_vocabularies()
 
 
@@ -148,6 +148,7 @@ def test_columnar_path_matches_one_row_at_a_time() -> None:
     assert whole[:, dex.feature_names().index("move[0].best_damage")].any()
 
 
+@pytest.mark.showdown
 @pytest.mark.skipif(showdown_missing() is not None, reason="local Showdown not installed")
 def test_shipped_dex_matches_the_installed_showdown(tmp_path: Path) -> None:
     out = tmp_path / "dex.json"

@@ -26,6 +26,8 @@ ONLINE_BATTLES = 4
 runner = CliRunner()
 
 
+@pytest.mark.showdown
+@pytest.mark.slow
 @pytest.mark.skipif(MISSING is not None, reason=f"no local Showdown: {MISSING}")
 def test_collect_prep_train_and_play_online(tmp_path: Path) -> None:
     torch.set_num_threads(1)

@@ -61,7 +61,12 @@ from poke_rl.showdown.vocab import (  # noqa: E402
 )
 
 MISSING = showdown_missing()
-needs_server = pytest.mark.skipif(MISSING is not None, reason=f"no local Showdown: {MISSING}")
+
+
+def needs_server(test: Any) -> Any:
+    """A test of the real server: marked ``showdown``, skipped (saying why) where it is absent."""
+    skip = pytest.mark.skipif(MISSING is not None, reason=f"no local Showdown: {MISSING}")
+    return pytest.mark.showdown(skip(test))
 
 
 # -- vocabularies ---------------------------------------------------------------------------
@@ -414,6 +419,8 @@ def played() -> dict[str, Any]:
     return {"records": records, "policy": policy, "heuristic": heuristic}
 
 
+@pytest.mark.showdown
+@pytest.mark.slow  # the module's fixture plays two battles on a fresh server
 def test_live_observations_are_valid_and_consistent(played: dict[str, Any]) -> None:
     vocabs = default_vocabularies()
     snapshots = [(name, snap) for name in ("policy", "heuristic")
@@ -453,6 +460,8 @@ def test_live_observations_are_valid_and_consistent(played: dict[str, Any]) -> N
     assert opp_known >= len(snapshots) - 4  # unknown at most before the first switch-in
 
 
+@pytest.mark.showdown
+@pytest.mark.slow  # the module's fixture plays two battles on a fresh server
 def test_live_trajectories_record_the_choices(played: dict[str, Any]) -> None:
     records = played["records"]
     assert len(records) == 4  # 2 battles x 2 players
