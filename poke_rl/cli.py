@@ -16,6 +16,7 @@ import typer
 
 from poke_rl import __version__
 from poke_rl.errors import PokeRLError
+from poke_rl.showdown.battles import DEFAULT_FORMAT
 
 app = typer.Typer(
     name="poke-rl",
@@ -200,7 +201,7 @@ def eval_command(
         help="Online: opponents, comma-separated, each NAME[:EPSILON]; NAME a baseline or a "
         "checkpoint (.pt).",
     ),
-    battle_format: str = typer.Option("gen9randombattle", "--format", help="Online: the format."),
+    battle_format: str = typer.Option(DEFAULT_FORMAT, "--format", help="Online: the format."),
     concurrency: int = typer.Option(8, min=1, help="Online: battles in flight at once."),
     server: str = typer.Option(None, help="Online: ws://HOST:PORT of a running server."),
     port: int = typer.Option(None, help="Online: port of the local server (default: a free one)."),
@@ -251,7 +252,7 @@ def _eval_online(checkpoint: Path, shards: Path | None, device: str | None, as_j
 def collect(
     out: Path = typer.Argument(..., help="Output trajectory file (.jsonl or .jsonl.gz)."),
     battles: int = typer.Option(10, "--battles", "-n", min=1, help="Battles to play."),
-    battle_format: str = typer.Option("gen9randombattle", "--format", help="Random-battle format."),
+    battle_format: str = typer.Option(DEFAULT_FORMAT, "--format", help="Random-battle format."),
     p1: str = typer.Option(
         "heuristic:0.1",
         help="random, maxpower, heuristic or a checkpoint (.pt), optionally :EPSILON "
@@ -265,7 +266,7 @@ def collect(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Play battles on a local Showdown server and record both players' trajectories."""
-    from poke_rl.collect import CollectOptions, run_collect, summary
+    from poke_rl.showdown.collect import CollectOptions, run_collect, summary
 
     options = CollectOptions(
         battles=battles, battle_format=battle_format, p1=p1, p2=p2, concurrency=concurrency,
