@@ -34,7 +34,7 @@ from poke_rl import loader as L
 from poke_rl import shards as S
 from poke_rl.batch import FIELDS, Batch
 from poke_rl.features import FeatureConfig, feature_table
-from poke_rl.manifest import MANIFEST_NAME, load_manifest, write_json_atomic
+from poke_rl.manifest import MANIFEST_NAME, load_manifest, new_manifest, write_manifest
 from poke_rl.schema import check_observation
 from poke_rl.shards import iter_blocks, write_shard
 
@@ -80,17 +80,16 @@ def build(out: Path, transitions: int) -> dict:
         size, digest = write_shard(out / relative, (make_block(rng, rows) for rows in sizes))
         shards.append({"path": relative, "transitions": sum(sizes), "bytes": size, "sha256": digest})
         index += 1
-    manifest = {
-        "format_version": 1,
-        "preprocessor": {"name": "bench", "version": 1, "fingerprint": FINGERPRINT, "features": {}},
-        "inputs": [],
-        "counts": {"transitions": transitions},
-        "splits": {"train": {"transitions": transitions, "shards": shards},
-                   "val": {"transitions": 0, "shards": []}},
-        "val_fraction": 0.0,
-        "block_size": BLOCK_ROWS,
-    }
-    write_json_atomic(out / MANIFEST_NAME, manifest)
+    manifest = new_manifest(
+        preprocessor={"name": "bench", "version": 1, "fingerprint": FINGERPRINT, "features": {}},
+        inputs=[],
+        counts={"transitions": transitions},
+        splits={"train": {"transitions": transitions, "shards": shards},
+                "val": {"transitions": 0, "shards": []}},
+        val_fraction=0.0,
+        block_size=BLOCK_ROWS,
+    )
+    write_manifest(out, manifest)
     return manifest
 
 

@@ -1,10 +1,13 @@
 """``OUT/manifest.json``: what prep built, from what, with which preprocessor (DESIGN.md).
 
+The only module that reads or writes manifests: ``new_manifest`` builds one and ``write_manifest``
+writes it (validated, atomically; prep and the test fixtures use both), ``load_manifest`` reads a
+local prep folder's and ``read_manifest`` a folder's or a URL prefix's (the loader).
+
 A manifest may come from anyone, so it is data: ``validate_manifest`` checks its whole structure
-in one place (the local ``load_manifest`` and the loader's URL ``read_manifest`` both call it),
-and every shard path in it must be a plain relative path inside the folder (``shard_path_problem``;
-``shard_file`` also refuses one that resolves, through a symlink, to outside the folder). Nothing
-is stat'ed or opened before that.
+in one place (every reader calls it), and every shard path in it must be a plain relative path
+inside the folder (``shard_path_problem``; ``shard_file`` also refuses one that resolves, through a
+symlink, to outside the folder). Nothing is stat'ed or opened before that.
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from poke_rl.console import error_line, print_table
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file, file_sha256
+from poke_rl.locations import is_url, read_location, shard_location
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -34,12 +38,52 @@ _MAX_PATH = 1024
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_INT = 2**63 - 1
+_MAX_MANIFEST_BYTES = 256 << 20
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary name, fsync, then rename over ``path``."""
     with atomic_file(path) as handle:
         handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def new_manifest(
+    *,
+    preprocessor: dict[str, Any],
+    inputs: list[dict[str, Any]],
+    counts: dict[str, int],
+    splits: dict[str, Any],
+    val_fraction: float,
+    block_size: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A manifest of this ``FORMAT_VERSION`` in DESIGN.md's key order; ``preprocessor`` is
+    ``Preprocessor.manifest_entry()``, ``splits`` maps each of ``SPLITS`` to ``{"transitions",
+    "shards": [{"path", "transitions", "bytes", "sha256"}]}``; ``extra`` keys (prep's ``parts``)
+    follow."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "preprocessor": preprocessor,
+        "inputs": inputs,
+        "counts": counts,
+        "splits": splits,
+        "val_fraction": val_fraction,
+        "block_size": block_size,
+        **extra,
+    }
+
+
+def write_manifest(out_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``OUT/manifest.json`` atomically (temporary name, fsync, rename) and return its path.
+
+    The manifest is validated first, as every reader will (``validate_manifest``): one that is not
+    valid is a bug of its writer and raises ``ValueError`` before anything is written."""
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"refusing to write an invalid manifest to {out_dir}: {problem}")
+    path = Path(out_dir) / MANIFEST_NAME
+    write_json_atomic(path, manifest)
+    return path
 
 
 class ManifestError(PokeRLError):
@@ -72,6 +116,21 @@ def load_manifest(out_dir: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise PokeRLError(f"cannot read {path} ({exc.strerror})") from None
     return parse_manifest(data, str(path), out_dir)
+
+
+def read_manifest(source: str | Path) -> dict[str, Any]:
+    """The validated manifest of a local prep output or of a URL prefix (``locations``);
+    ``PokeRLError`` if unusable."""
+    if not is_url(source):
+        return load_manifest(source)
+    location = shard_location(source, MANIFEST_NAME)
+    try:
+        data = read_location(location, _MAX_MANIFEST_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise PokeRLError(f"cannot read {location} ({exc}); is {source} a prep output?") from None
+    if len(data) > _MAX_MANIFEST_BYTES:
+        raise PokeRLError(f"{location} is over {_MAX_MANIFEST_BYTES >> 20} MiB: not a poke-rl manifest")
+    return parse_manifest(data, location, source)
 
 
 def parse_manifest(data: bytes, where: str, out_dir: str | Path = "OUT") -> dict[str, Any]:
@@ -382,61 +441,35 @@ def inspect_shards(out_dir: str | Path) -> bool:
     add up or a shard is outside the folder, missing, or its size or sha256 differs from the
     manifest. Raises ``PokeRLError`` when there is no manifest or it is malformed.
     """
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
+    from rich.markup import escape  # names and paths are shown as written, never as markup
 
     manifest = load_manifest(out_dir)
-    console = Console()
     pre = manifest["preprocessor"]
-    counts = manifest["counts"]
-    summary = Table(title=escape(f"prep output {out_dir}"), show_header=False)
-    summary.add_column("", style="bold")
-    summary.add_column("")
-    summary.add_row(
-        "preprocessor", escape(f"{pre.get('name')} v{pre.get('version')} {pre['fingerprint']}")
-    )
+    summary = [("preprocessor", escape(f"{pre.get('name')} v{pre.get('version')} {pre['fingerprint']}"))]
     for entry in manifest["inputs"]:
         size = f" ({entry['bytes']:,} bytes)" if "bytes" in entry else ""
-        summary.add_row("input", escape(f"{entry['path']}{size}"))
-    for key, value in counts.items():
-        summary.add_row(escape(key.replace("_", " ")), f"{value:,}")
-    summary.add_row("val fraction / block size", f"{manifest['val_fraction']} / {manifest['block_size']:,}")
-    console.print(summary)
-
-    shards = Table(title="tensor shards")
-    for column in ("split", "shards", "transitions", "bytes"):
-        shards.add_column(column, justify="right" if column != "split" else "left")
+        summary.append(("input", escape(f"{entry['path']}{size}")))
+    summary += [(escape(key.replace("_", " ")), f"{value:,}") for key, value in manifest["counts"].items()]
+    summary.append(("val fraction / block size", f"{manifest['val_fraction']} / {manifest['block_size']:,}"))
+    print_table(escape(f"prep output {out_dir}"), summary)
+    split_rows = []
     for split in SPLITS:
         entries = shard_entries(manifest, split)
-        shards.add_row(
-            split,
-            f"{len(entries):,}",
-            f"{manifest['splits'][split]['transitions']:,}",
-            f"{sum(e['bytes'] for e in entries):,}",
-        )
-    console.print(shards)
-    features = Table(title="features per transition")
-    features.add_column("array")
-    features.add_column("shape")
-    features.add_column("dtype")
-    for name, spec in pre.get("features", {}).items():
-        features.add_row(escape(name), str(spec["shape"]), escape(spec["dtype"]))
-    console.print(features)
+        split_rows.append((split, f"{len(entries):,}", f"{manifest['splits'][split]['transitions']:,}",
+                           f"{sum(e['bytes'] for e in entries):,}"))  # fmt: skip
+    print_table("tensor shards", split_rows, header=("split", "shards", "transitions", "bytes"),
+                right=("shards", "transitions", "bytes"))  # fmt: skip
+    features = [(escape(name), str(spec["shape"]), escape(spec["dtype"]))
+                for name, spec in pre.get("features", {}).items()]  # fmt: skip
+    print_table("features per transition", features, header=("array", "shape", "dtype"))
 
     mismatched = count_problems(manifest)
     problems = verify_shards(manifest, out_dir)
     if mismatched or problems:
-        # one line (DESIGN.md: an error is one line on stderr), never wrapped by a console width
         named = [f"counts do not add up: {'; '.join(mismatched)}"] if mismatched else []
         named += [f"bad shard {problem}" for problem in problems]
         tally = f"; {len(problems)} bad shard(s)" if problems else ""
-        print(
-            f"error: {'; '.join(named)}{tally}; rebuild with "
-            f"`{prep_command(manifest, out_dir)} --force`",
-            file=sys.stderr,
-            flush=True,
-        )
+        error_line(f"{'; '.join(named)}{tally}; rebuild with `{prep_command(manifest, out_dir)} --force`")
         return False
-    console.print(f"all {sum(len(shard_entries(manifest, s)) for s in SPLITS)} shards verified (size and sha256)")
+    print(f"all {sum(len(shard_entries(manifest, s)) for s in SPLITS)} shards verified (size and sha256)")
     return True

@@ -17,10 +17,9 @@ import pytest
 
 from poke_rl.batch import FIELDS
 from poke_rl.features import Preprocessor
-from poke_rl.manifest import write_json_atomic
+from poke_rl.manifest import new_manifest, write_manifest
+from poke_rl.schema import NUM_ACTIONS
 from poke_rl.shards import write_shard
-
-NUM_ACTIONS = 10
 
 
 def _states(rng: np.random.Generator, rows: int, pre: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
@@ -86,19 +85,15 @@ def write_synthetic_shards(
     if fingerprint is not None:
         entry = {**entry, "fingerprint": fingerprint}
     transitions = sum(s["transitions"] for s in splits.values())
-    write_json_atomic(
-        out / "manifest.json",
-        {
-            "format_version": 1,
-            "preprocessor": entry,
-            "inputs": [{"path": "synthetic.jsonl", "bytes": 0, "sha256": "sha256:0"}],
-            "counts": {"trajectories": 0, "rejected": 0, "transitions": transitions,
-                       "terminal": 0, "truncated": 0, "masks_repaired": 0, "ids_out_of_range": 0},
-            "splits": splits,
-            "val_fraction": 0.2,
-            "block_size": block_size,
-        },
-    )
+    write_manifest(out, new_manifest(
+        preprocessor=entry,
+        inputs=[{"path": "synthetic.jsonl", "bytes": 0, "sha256": "sha256:0"}],
+        counts={"trajectories": 0, "rejected": 0, "transitions": transitions,
+                "terminal": 0, "truncated": 0, "masks_repaired": 0, "ids_out_of_range": 0},
+        splits=splits,
+        val_fraction=0.2,
+        block_size=block_size,
+    ))  # fmt: skip
     return out
 
 

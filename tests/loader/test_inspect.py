@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 from pipelines.generate import GenConfig, iter_lines  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402

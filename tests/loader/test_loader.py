@@ -18,7 +18,7 @@ import torch
 from poke_rl import loader as L
 from poke_rl.batch import Batch
 from poke_rl.errors import PokeRLError
-from poke_rl.manifest import write_json_atomic
+from poke_rl.manifest import new_manifest, write_manifest
 from poke_rl.shards import ShardError, write_shard
 
 FINGERPRINT = "sha256:" + "ab" * 32
@@ -68,16 +68,15 @@ def make_output(
             size, digest = write_shard(root / relative, made)
             listed.append({"path": relative, "transitions": sum(blocks), "bytes": size, "sha256": digest})
         entries[split] = {"transitions": sum(e["transitions"] for e in listed), "shards": listed}
-    manifest = {
-        "format_version": 1,
-        "preprocessor": {"name": "test", "version": 1, "fingerprint": fingerprint, "features": {}},
-        "inputs": [{"path": "data/battles.jsonl", "bytes": 1, "sha256": "sha256:00"}],
-        "counts": {"transitions": uid},
-        "splits": entries,
-        "val_fraction": 0.1,
-        "block_size": 64,
-    }
-    write_json_atomic(root / "manifest.json", manifest)
+    manifest = new_manifest(
+        preprocessor={"name": "test", "version": 1, "fingerprint": fingerprint, "features": {}},
+        inputs=[{"path": "data/battles.jsonl", "bytes": 1, "sha256": "sha256:00"}],
+        counts={"transitions": uid},
+        splits=entries,
+        val_fraction=0.1,
+        block_size=64,
+    )
+    write_manifest(root, manifest)
     return root
 
 

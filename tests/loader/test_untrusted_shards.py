@@ -151,7 +151,7 @@ def test_pipe_and_unknown_schemes_on_the_command_line_are_refused(tmp_path: Path
     for source in (f"pipe:touch {marker} #", f"pipe:touch {marker} ;", "ftp://host/shards",
                    f"simplecache::file://{tmp_path}"):  # fmt: skip
         with pytest.raises(PokeRLError, match="not supported"):
-            L.read_manifest(source)
+            M.read_manifest(source)
         with pytest.raises(PokeRLError, match="not supported"):
             L.train_loader(source, FINGERPRINT)
     assert not marker.exists()
@@ -479,7 +479,7 @@ def test_manifest_that_is_not_json(out: Path, tmp_path: Path) -> None:
 def test_a_url_manifest_goes_through_the_same_validator(out: Path) -> None:
     _point_first_train_shard_at(out, "/etc/passwd")
     with pytest.raises(PokeRLError, match="manifest.json is not a poke-rl manifest: splits.train"):
-        L.read_manifest(f"file://{out}")
+        M.read_manifest(f"file://{out}")
 
 
 def test_another_format_version_names_it(out: Path, tmp_path: Path) -> None:
