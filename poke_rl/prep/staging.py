@@ -21,7 +21,7 @@ from typing import Any
 
 from poke_rl.errors import PokeRLError
 from poke_rl.files import fsync_dir
-from poke_rl.manifest import MANIFEST_NAME, write_json_atomic
+from poke_rl.manifest import MANIFEST_NAME, write_manifest
 from poke_rl.prep.work import pause_point
 
 STAGING_PREFIX = ".prep-staging-"
@@ -157,7 +157,7 @@ def _remove(path: Path) -> None:
 def finish(out: Path, staging: Path, manifest: dict[str, Any]) -> None:
     pause_point("manifest")
     with _uninterrupted():  # a complete staging is swapped in whole: never left half swapped
-        write_json_atomic(staging / MANIFEST_NAME, manifest)
+        write_manifest(staging, manifest)
         commit(out, staging)
 
 
