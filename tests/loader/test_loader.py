@@ -1,9 +1,11 @@
-"""The streaming loader: stages alone, exactly-once over ranks × workers × epochs, mixing, resume,
-validation, bad shards, URL sources and the device wrapper (CPU paths)."""
+"""The streaming loader end to end (``loader.stream``, ``loader.device``): exactly-once over
+ranks × workers × epochs, mixing, resume, validation, bad shards, URL sources and the device
+wrapper (CPU paths). The pure stages alone: ``test_loader_stages``."""
 
 from __future__ import annotations
 
 import itertools
+import shutil
 import tarfile
 import threading
 import time
@@ -18,7 +20,7 @@ import torch
 from poke_rl import loader as L
 from poke_rl.batch import Batch
 from poke_rl.errors import PokeRLError
-from poke_rl.manifest import new_manifest, write_manifest
+from poke_rl.manifest import load_manifest, new_manifest, write_manifest
 from poke_rl.shards import ShardError, write_shard
 
 FINGERPRINT = "sha256:" + "ab" * 32
@@ -107,77 +109,6 @@ def assert_same(left: list[Batch], right: list[Batch]) -> None:
             assert x.dtype == y.dtype and torch.equal(x, y)
 
 
-# ------------------------------------------------------------------------------ stages, alone
-
-
-def test_split_stages_partition_a_list() -> None:
-    items = list(range(11))
-    for world in (1, 2, 3):
-        shares = [L.split_by_rank(items, r, world) for r in range(world)]
-        assert sorted(sum(shares, [])) == items
-        assert shares[0] == items[::world]  # equal weights: round-robin
-        for workers in (1, 2):
-            parts = [L.split_by_worker(shares[0], w, workers) for w in range(workers)]
-            assert sorted(sum(parts, [])) == sorted(shares[0])
-    weights = [10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
-    hands = L.deal(items, 2, weights)
-    assert hands == [[0], list(range(1, 11))]  # balanced by weight: 10 against 10
-
-
-def test_shard_order_is_seeded_and_changes_every_epoch() -> None:
-    assert L.shard_order(20, 1, 0) == L.shard_order(20, 1, 0)
-    assert sorted(L.shard_order(20, 1, 0)) == list(range(20))
-    assert L.shard_order(20, 1, 0) != L.shard_order(20, 1, 1)
-    assert L.shard_order(20, 1, 0) != L.shard_order(20, 2, 0)
-
-
-def test_shuffle_blocks_is_a_seeded_permutation() -> None:
-    def run(seed: int) -> list[int]:
-        return list(L.shuffle_blocks(range(50), 8, np.random.default_rng(seed)))
-
-    assert sorted(run(0)) == list(range(50))
-    assert run(0) == run(0) != run(1)
-    assert run(0) != list(range(50))
-    assert list(L.shuffle_blocks([], 4, np.random.default_rng(0))) == []
-
-
-def test_rebatch_crosses_blocks_and_drops_or_keeps_the_rest() -> None:
-    blocks = [{"action": np.arange(5)}, {"action": np.arange(3)}]
-    ordered = list(L.in_order(blocks))
-    batches = list(L.rebatch(ordered, 3, drop_last=True))
-    assert [[(id(b), o) for b, o in batch] for batch in batches] == [
-        [(id(blocks[0]), slice(0, 3))],
-        [(id(blocks[0]), slice(3, 5)), (id(blocks[1]), slice(0, 1))],
-    ]
-    kept = list(L.rebatch(ordered, 3, drop_last=False))
-    assert len(kept) == 3 and kept[-1][0][1] == slice(1, 3)
-    permuted = list(L.permute_rows(blocks, np.random.default_rng(0)))
-    assert sorted(permuted[0][1].tolist()) == list(range(5))
-
-
-def test_interleave_matches_round_robin() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        lengths = rng.integers(0, 6, size=rng.integers(1, 4)).tolist()
-        full = list(L.interleave_order(lengths))
-        assert sorted(full) == sorted(i for i, n in enumerate(lengths) for _ in range(n))
-        for count in range(len(full) + 1):
-            counts = [full[:count].count(i) for i in range(len(lengths))]
-            assert L.interleave_counts(lengths, count) == counts
-            assert list(L.interleave_order(lengths, count)) == full[count:]
-
-
-def test_gather_packs_rows_into_one_tensor() -> None:
-    a, b = make_block(0, 10), make_block(100, 10)
-    packed = L.gather([(a, np.array([3, 1])), (b, slice(4, 6))])
-    batch = packed.unpack()
-    assert uids(batch) == [3, 1, 104, 105]
-    assert [t.dtype for t in batch] == [torch.int16, torch.float32, torch.int16, torch.float32,
-                                         torch.int64, torch.float32, torch.bool, torch.bool, torch.bool]
-    assert all(t.untyped_storage().data_ptr() == packed.data.untyped_storage().data_ptr() for t in batch)
-    assert torch.equal(batch.num[:, 0], batch.reward) and batch.ids[:, 0].tolist() == [0, 0, 13, 13]
-
-
 # ------------------------------------------------------------------------------ exactly once
 
 
@@ -218,13 +149,6 @@ def test_every_transition_once_per_epoch_over_ranks_and_workers(output: Path, wo
             assert shard_orders[0][0][0] != shard_orders[1][0][0]
 
 
-def test_interleave_blocks_takes_chunks_in_turn() -> None:
-    ordered = [("a", np.arange(5)), ("b", np.arange(2)), ("c", np.arange(3))]
-    pieces = [(name, rows.tolist()) for name, rows in L.interleave_blocks(ordered, 2, 2)]
-    assert pieces == [("a", [0, 1]), ("b", [0, 1]), ("a", [2, 3]), ("c", [0, 1]), ("a", [4]),
-                      ("c", [2])]
-
-
 def test_batches_mix_many_battles(output: Path) -> None:
     def battles(mix_blocks: int) -> list[int]:
         config = L.LoaderConfig(batch_size=32, seed=3, shuffle_blocks=4, mix_blocks=mix_blocks)
@@ -247,6 +171,17 @@ def test_rank_from_the_environment(output: Path, monkeypatch: pytest.MonkeyPatch
     assert (loader.dataset.rank, loader.dataset.world_size) == (1, 2)
     explicit = L.train_loader(output, FINGERPRINT, L.LoaderConfig(batch_size=32, rank=1, world_size=2))
     assert_same(list(loader), list(explicit))
+
+
+def test_a_manifest_already_read_is_not_read_again(output: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(output)
+    copy = tmp_path / "copy"
+    shutil.copytree(output, copy)
+    (copy / "manifest.json").unlink()
+    loader = L.train_loader(copy, FINGERPRINT, L.LoaderConfig(batch_size=32), manifest=manifest)
+    assert_same(list(loader), list(L.train_loader(output, FINGERPRINT, L.LoaderConfig(batch_size=32))))
+    with pytest.raises(PokeRLError, match="stale"):  # freshness is still the loader's to refuse
+        L.val_loader(copy, "sha256:" + "cd" * 32, manifest=manifest)
 
 
 # ------------------------------------------------------------------------------ resume
@@ -378,6 +313,9 @@ def test_device_loader_on_cpu(output: Path) -> None:
     got = list(plain)
     assert_same(got, expected)
     assert not any(t.is_pinned() for t in got[0])
+    assert (plain.epoch, plain.skipped_shards) == (0, 0)
+    plain.set_epoch(3)
+    assert plain.epoch == plain.loader.epoch == 3 and plain.state_dict()["batches_done"] == 0
 
     # the CUDA path's one-ahead logic, forced on CPU: same batches; the position excludes the
     # batch copied ahead, so a resume from it continues exactly

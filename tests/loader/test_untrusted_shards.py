@@ -127,7 +127,7 @@ def test_pipe_shard_path_runs_nothing(
 ) -> None:
     marker = tmp_path / "MARKER"
     manifest = read_manifest_file(out)
-    for split in ("train", "val"):
+    for split in M.SPLITS:
         for entry in manifest["splits"][split]["shards"]:
             entry["path"] = f"pipe:touch {marker}"
     write_manifest_file(out, manifest)

@@ -1,4 +1,5 @@
-"""``poke-rl inspect OUT``: a readable summary and a size + sha256 check of every shard."""
+"""``poke_rl.manifest``: writing and reading a manifest back, and ``poke-rl inspect OUT`` (a readable
+summary and a size + sha256 check of every shard)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 from pipelines.generate import GenConfig, iter_lines  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
-from poke_rl.manifest import inspect_shards, verify_shards  # noqa: E402
+from poke_rl.manifest import (  # noqa: E402
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    inspect_shards,
+    load_manifest,
+    new_manifest,
+    read_manifest,
+    verify_shards,
+    write_manifest,
+)
 from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
 
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
@@ -64,3 +74,24 @@ def test_inspect_without_manifest(tmp_path):
         inspect_shards(tmp_path)
     cli = subprocess.run([str(POKE_RL), "inspect", str(tmp_path)], capture_output=True, text=True)
     assert cli.returncode == 2 and "not a prep output" in cli.stderr
+
+
+def test_write_manifest_validates_and_every_reader_reads_it_back(out: Path, tmp_path: Path) -> None:
+    manifest = load_manifest(out)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    assert write_manifest(copy, manifest) == copy / MANIFEST_NAME
+    assert load_manifest(copy) == read_manifest(copy) == read_manifest(f"file://{copy}") == manifest
+    assert not list(copy.glob(f".{MANIFEST_NAME}.tmp-*"))
+    broken = {**manifest, "block_size": 0}
+    with pytest.raises(ValueError, match="block_size is 0"):
+        write_manifest(copy, broken)
+    assert load_manifest(copy) == manifest  # nothing written
+
+
+def test_new_manifest_keeps_the_design_key_order() -> None:
+    manifest = new_manifest(preprocessor={"fingerprint": "x"}, inputs=[], counts={"transitions": 0},
+                            splits={}, val_fraction=0.5, block_size=1, parts=[])  # fmt: skip
+    assert list(manifest) == ["format_version", "preprocessor", "inputs", "counts", "splits",
+                              "val_fraction", "block_size", "parts"]  # fmt: skip
+    assert manifest["format_version"] == FORMAT_VERSION

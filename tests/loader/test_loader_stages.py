@@ -1,0 +1,86 @@
+"""The loader's pure parts alone, with lists and tiny blocks as input: the epoch plan
+(``loader.plan``), the stream stages (``loader.stages``) and the one copy (``loader.packing``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from test_loader import make_block, uids
+
+from poke_rl.loader import packing, plan, stages
+
+
+def test_split_stages_partition_a_list() -> None:
+    items = list(range(11))
+    for world in (1, 2, 3):
+        shares = [plan.split_by_rank(items, r, world) for r in range(world)]
+        assert sorted(sum(shares, [])) == items
+        assert shares[0] == items[::world]  # equal weights: round-robin
+        for workers in (1, 2):
+            parts = [plan.split_by_worker(shares[0], w, workers) for w in range(workers)]
+            assert sorted(sum(parts, [])) == sorted(shares[0])
+    weights = [10, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    hands = plan.deal(items, 2, weights)
+    assert hands == [[0], list(range(1, 11))]  # balanced by weight: 10 against 10
+
+
+def test_shard_order_is_seeded_and_changes_every_epoch() -> None:
+    assert plan.shard_order(20, 1, 0) == plan.shard_order(20, 1, 0)
+    assert sorted(plan.shard_order(20, 1, 0)) == list(range(20))
+    assert plan.shard_order(20, 1, 0) != plan.shard_order(20, 1, 1)
+    assert plan.shard_order(20, 1, 0) != plan.shard_order(20, 2, 0)
+
+
+def test_shuffle_blocks_is_a_seeded_permutation() -> None:
+    def run(seed: int) -> list[int]:
+        return list(stages.shuffle_blocks(range(50), 8, np.random.default_rng(seed)))
+
+    assert sorted(run(0)) == list(range(50))
+    assert run(0) == run(0) != run(1)
+    assert run(0) != list(range(50))
+    assert list(stages.shuffle_blocks([], 4, np.random.default_rng(0))) == []
+
+
+def test_rebatch_crosses_blocks_and_drops_or_keeps_the_rest() -> None:
+    blocks = [{"action": np.arange(5)}, {"action": np.arange(3)}]
+    ordered = list(stages.in_order(blocks))
+    batches = list(stages.rebatch(ordered, 3, drop_last=True))
+    assert [[(id(b), o) for b, o in batch] for batch in batches] == [
+        [(id(blocks[0]), slice(0, 3))],
+        [(id(blocks[0]), slice(3, 5)), (id(blocks[1]), slice(0, 1))],
+    ]
+    kept = list(stages.rebatch(ordered, 3, drop_last=False))
+    assert len(kept) == 3 and kept[-1][0][1] == slice(1, 3)
+    permuted = list(stages.permute_rows(blocks, np.random.default_rng(0)))
+    assert sorted(permuted[0][1].tolist()) == list(range(5))
+
+
+def test_interleave_matches_round_robin() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(0, 6, size=rng.integers(1, 4)).tolist()
+        full = list(plan.interleave_order(lengths))
+        assert sorted(full) == sorted(i for i, n in enumerate(lengths) for _ in range(n))
+        for count in range(len(full) + 1):
+            counts = [full[:count].count(i) for i in range(len(lengths))]
+            assert plan.interleave_counts(lengths, count) == counts
+            assert list(plan.interleave_order(lengths, count)) == full[count:]
+
+
+def test_gather_packs_rows_into_one_tensor() -> None:
+    a, b = make_block(0, 10), make_block(100, 10)
+    packed = packing.gather([(a, np.array([3, 1])), (b, slice(4, 6))])
+    batch = packed.unpack()
+    assert uids(batch) == [3, 1, 104, 105]
+    assert [t.dtype for t in batch] == [torch.int16, torch.float32, torch.int16, torch.float32,
+                                         torch.int64, torch.float32, torch.bool, torch.bool, torch.bool]
+    assert all(t.untyped_storage().data_ptr() == packed.data.untyped_storage().data_ptr() for t in batch)
+    assert torch.equal(batch.num[:, 0], batch.reward) and batch.ids[:, 0].tolist() == [0, 0, 13, 13]
+
+
+
+def test_interleave_blocks_takes_chunks_in_turn() -> None:
+    ordered = [("a", np.arange(5)), ("b", np.arange(2)), ("c", np.arange(3))]
+    pieces = [(name, rows.tolist()) for name, rows in stages.interleave_blocks(ordered, 2, 2)]
+    assert pieces == [("a", [0, 1]), ("b", [0, 1]), ("a", [2, 3]), ("c", [0, 1]), ("a", [4]),
+                      ("c", [2])]
