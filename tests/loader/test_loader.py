@@ -260,7 +260,7 @@ def test_truncation_at_a_block_boundary_is_caught_by_row_count(small: Path) -> N
         read_all(small)
     with pytest.raises(ShardError, match="train-000000.tar has .* bytes"):
         read_all(f"file://{small}")  # a URL shard is read whole: its size is checked too
-    # (the row count against the manifest: tests/test_untrusted_shards.py)
+    # (the row count against the manifest: tests/loader/test_untrusted_shards.py)
 
 
 def test_corrupt_and_missing_shards(small: Path) -> None:
@@ -298,7 +298,7 @@ def test_url_sources(small: Path) -> None:
     local = read_all(small)
     assert_same(read_all(f"file://{small}"), local)  # through fsspec, never webdataset's gopen
     with pytest.raises(PokeRLError, match="pipe: locations run a shell command"):
-        read_all(f"pipe:cat {small}")  # never supported (tests/test_untrusted_shards.py)
+        read_all(f"pipe:cat {small}")  # never supported (tests/loader/test_untrusted_shards.py)
     with pytest.raises(PokeRLError):
         read_all(f"file://{small}/nowhere")
 
