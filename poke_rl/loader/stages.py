@@ -49,7 +49,6 @@ class ShardRef(NamedTuple):
     relative: str = ""
 
 
-
 @dataclass
 class SkipCounter:
     """Shards skipped as corrupt by one stream (``skip_corrupt``)."""

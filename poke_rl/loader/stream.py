@@ -73,7 +73,6 @@ class LoaderConfig:
             )
 
 
-
 class ShardStream(IterableDataset):
     """The batches of one rank's share of a split; each DataLoader worker reads its own shards.
 
@@ -320,7 +319,6 @@ class Loader:
     def __iter__(self) -> Iterator[Batch]:
         for packed in self.packed():
             yield packed.unpack()
-
 
 
 def _build(
