@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from poke_rl.console import Progress
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
-from poke_rl.manifest import FORMAT_VERSION, SPLITS
+from poke_rl.manifest import SPLITS, new_manifest
 from poke_rl.prep import report
 from poke_rl.prep.inputs import InputFile, compressed_chunks, plain_ranges, resolve_inputs
 from poke_rl.prep.options import PrepOptions, PrepResult
@@ -140,17 +140,15 @@ def _manifest(
     options: PrepOptions,
     parts: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    return {
-        "format_version": FORMAT_VERSION,
-        "preprocessor": preprocessor.manifest_entry(),
-        "inputs": inputs,
-        "counts": {key: int(counts[key]) for key in COUNT_KEYS},
-        "splits": splits,
-        "val_fraction": options.val_fraction,
-        "block_size": options.block_size,
-        "parts": parts,  # the Parquet parts prep wrote: what it may replace in transitions/
-    }
-
+    return new_manifest(
+        preprocessor=preprocessor.manifest_entry(),
+        inputs=inputs,
+        counts={key: int(counts[key]) for key in COUNT_KEYS},
+        splits=splits,
+        val_fraction=options.val_fraction,
+        block_size=options.block_size,
+        parts=parts,  # the Parquet parts prep wrote: what it may replace in transitions/
+    )
 
 
 # -- the pool ----------------------------------------------------------------------------------
