@@ -22,9 +22,8 @@ from collections.abc import Callable
 import torch
 
 from pipelines.stats import SPREAD_HEADER, Spread
-from poke_rl.algos import make_algorithm
+from poke_rl.algos import ModelConfig, make_algorithm
 from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.models import ModelConfig
 from poke_rl.schema import VOCAB_SIZES
 
 NUM_ACTIONS = 10

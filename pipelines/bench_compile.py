@@ -44,9 +44,8 @@ from pipelines.bench_algos import (
     time_interleaved,
 )
 from pipelines.stats import SPREAD_HEADER, Spread
-from poke_rl.algos import ALGO_NAMES, make_algorithm
+from poke_rl.algos import ALGO_NAMES, ModelConfig, make_algorithm
 from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.models import ModelConfig
 
 # First-update metrics of eager and compiled must agree this closely (float reassociation by the
 # compiler moves the last digits, nothing more).

@@ -14,11 +14,10 @@ from typing import Any
 
 import torch
 
-from poke_rl.algos import make_algorithm
+from poke_rl.algos import Algorithm, ModelConfig, make_algorithm
 from poke_rl.checkpoint import load_checkpoint
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
-from poke_rl.models import ModelConfig
 from poke_rl.world import resolve_device
 
 
@@ -43,7 +42,7 @@ def require_same_features(
 
 def load_algorithm(
     checkpoint_path: str | Path, preprocessor: Preprocessor, device: torch.device
-) -> tuple[dict[str, Any], Any]:
+) -> tuple[dict[str, Any], Algorithm]:
     """The checkpoint's dict and its algorithm with the saved weights, on ``device``.
 
     Raises PokeRLError when the checkpoint is unusable (missing, corrupt, foreign) or was trained

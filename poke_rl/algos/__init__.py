@@ -1,9 +1,9 @@
 """The offline-RL algorithms, one module each, and the registry the trainer builds them from.
 
-Every algorithm class takes ``(feature_spec, model_config, config, device)`` and offers
-``update``, ``evaluate``, ``greedy_action``, ``optimizers``, ``networks``,
-``policy_parameters``, ``state_dict`` / ``load_state_dict`` and ``load_bc``
-(docs/ARCHITECTURE.md, "Algorithms").
+Every algorithm class takes ``(feature_spec, model_config, config, device)`` and provides what
+``base.Algorithm`` declares (docs/ARCHITECTURE.md, "Algorithms"). What only algorithms use lives
+here too: ``networks`` (encoder, heads, Polyak, checkpoint state), ``masked`` (masked ops) and
+``schedule`` (warmup + cosine).
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
+from poke_rl.algos.base import Algorithm
 from poke_rl.algos.bc import BC, BCConfig
 from poke_rl.algos.cql import CQL, CQLConfig
 from poke_rl.algos.iql import IQL, IQLConfig
+from poke_rl.algos.networks import ModelConfig
 from poke_rl.batch import FeatureSpec
 from poke_rl.errors import PokeRLError
-from poke_rl.models import ModelConfig
-
-Algorithm = BC | IQL | CQL
 
 # name -> (class, config class); the first name is the default.
 ALGORITHMS: dict[str, tuple[type, type]] = {
@@ -70,6 +69,7 @@ __all__ = [
     "IQL",
     "IQLConfig",
     "Algorithm",
+    "ModelConfig",
     "make_algorithm",
     "make_config",
 ]

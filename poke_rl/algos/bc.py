@@ -10,24 +10,26 @@ from typing import Any
 
 import torch
 
-from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.models import (
-    NUM_ACTIONS,
+from poke_rl.algos.masked import (
+    check_masks,
+    masked_argmax,
+    masked_cross_entropy,
+    masked_entropy,
+    should_check,
+)
+from poke_rl.algos.networks import (
     ModelConfig,
     StateNetwork,
     algorithm_state,
     bc_policy_state,
-    check_masks,
     load_algorithm_state,
     load_module,
     make_adam,
-    masked_argmax,
-    masked_cross_entropy,
-    masked_entropy,
     maybe_compile,
     seeded_init,
-    should_check,
 )
+from poke_rl.batch import Batch, FeatureSpec
+from poke_rl.schema import NUM_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,18 @@ class BC:
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy}
 
-    def policy_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.policy.parameters())
+    def target_networks(self) -> dict[str, torch.nn.Module]:
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return algorithm_state(self.name, self.networks(), {}, {"policy": self.policy_optimizer})
+        return algorithm_state(
+            self.name, self.networks(), self.target_networks(), {"policy": self.policy_optimizer}
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_algorithm_state(
-            state, self.name, self.networks(), {}, {"policy": self.policy_optimizer}
+            state, self.name, self.networks(), self.target_networks(),
+            {"policy": self.policy_optimizer},
         )
 
     def load_bc(self, bc_state: dict[str, Any]) -> None:

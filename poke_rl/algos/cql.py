@@ -17,28 +17,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.models import (
-    ModelConfig,
-    TwinQ,
-    algorithm_state,
-    bc_policy_state,
+from poke_rl.algos.masked import (
     bellman_target,
     check_batch,
     check_masks,
     gather_action,
+    masked_argmax,
+    masked_logsumexp,
+    masked_max,
+    should_check,
+)
+from poke_rl.algos.networks import (
+    ModelConfig,
+    TwinQ,
+    algorithm_state,
+    bc_policy_state,
     load_algorithm_state,
     load_module,
     make_adam,
     make_target,
-    masked_argmax,
-    masked_logsumexp,
-    masked_max,
     maybe_compile,
     polyak_update,
     seeded_init,
-    should_check,
 )
+from poke_rl.batch import Batch, FeatureSpec
 
 
 @dataclass(frozen=True)
@@ -183,18 +185,17 @@ class CQL:
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"q": self.q}
 
-    def policy_parameters(self) -> list[torch.nn.Parameter]:
-        """The greedy policy is defined by the Q twin."""
-        return list(self.q.parameters())
+    def target_networks(self) -> dict[str, torch.nn.Module]:
+        return {"q": self.q_target}
 
     def state_dict(self) -> dict[str, Any]:
         return algorithm_state(
-            self.name, self.networks(), {"q": self.q_target}, {"q": self.q_optimizer}
+            self.name, self.networks(), self.target_networks(), {"q": self.q_optimizer}
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_algorithm_state(
-            state, self.name, self.networks(), {"q": self.q_target}, {"q": self.q_optimizer}
+            state, self.name, self.networks(), self.target_networks(), {"q": self.q_optimizer}
         )
 
     def load_bc(self, bc_state: dict[str, Any]) -> None:

@@ -18,31 +18,33 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.models import (
-    NUM_ACTIONS,
+from poke_rl.algos.masked import (
+    bellman_target,
+    check_batch,
+    check_masks,
+    gather_action,
+    masked_argmax,
+    masked_cross_entropy,
+    masked_entropy,
+    masked_max,
+    should_check,
+)
+from poke_rl.algos.networks import (
     ModelConfig,
     StateNetwork,
     TwinQ,
     algorithm_state,
     bc_policy_state,
-    bellman_target,
-    check_batch,
-    check_masks,
-    gather_action,
     load_algorithm_state,
     load_module,
     make_adam,
     make_target,
-    masked_argmax,
-    masked_cross_entropy,
-    masked_entropy,
-    masked_max,
     maybe_compile,
     polyak_update,
     seeded_init,
-    should_check,
 )
+from poke_rl.batch import Batch, FeatureSpec
+from poke_rl.schema import NUM_ACTIONS
 
 
 @dataclass(frozen=True)
@@ -201,20 +203,20 @@ class IQL:
     def networks(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.policy, "q": self.q, "v": self.v}
 
-    def policy_parameters(self) -> list[torch.nn.Parameter]:
-        return list(self.policy.parameters())
+    def target_networks(self) -> dict[str, torch.nn.Module]:
+        return {"q": self.q_target}
 
     def _optimizers_by_name(self) -> dict[str, torch.optim.Optimizer]:
         return {"v": self.v_optimizer, "q": self.q_optimizer, "policy": self.policy_optimizer}
 
     def state_dict(self) -> dict[str, Any]:
         return algorithm_state(
-            self.name, self.networks(), {"q": self.q_target}, self._optimizers_by_name()
+            self.name, self.networks(), self.target_networks(), self._optimizers_by_name()
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         load_algorithm_state(
-            state, self.name, self.networks(), {"q": self.q_target}, self._optimizers_by_name()
+            state, self.name, self.networks(), self.target_networks(), self._optimizers_by_name()
         )
 
     def load_bc(self, bc_state: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from poke_rl.schedule import WarmupCosine, attach_schedules
+from poke_rl.algos.schedule import WarmupCosine, attach_schedules
 
 
 def test_factor_values() -> None:

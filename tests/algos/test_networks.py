@@ -1,4 +1,4 @@
-"""Encoder, masking helpers, Bellman target, Polyak update, expectile loss, checkpoint helpers."""
+"""poke_rl.algos.networks and .masked: encoder, masking helpers, Bellman target, Polyak update, expectile loss, checkpoint helpers."""
 
 from __future__ import annotations
 
@@ -8,21 +8,23 @@ import torch
 from poke_rl.algos.iql import expectile_loss
 from poke_rl.batch import Batch, FeatureSpec
 from poke_rl.errors import PokeRLError
-from poke_rl.models import (
-    ModelConfig,
-    StateEncoder,
-    StateNetwork,
+from poke_rl.algos.masked import (
     bellman_target,
     check_batch,
     check_masks,
-    load_module,
-    make_target,
     masked_argmax,
     masked_cross_entropy,
     masked_entropy,
     masked_logsumexp,
     masked_max,
     masked_softmax,
+)
+from poke_rl.algos.networks import (
+    ModelConfig,
+    StateEncoder,
+    StateNetwork,
+    load_module,
+    make_target,
     polyak_update,
 )
 

@@ -19,7 +19,7 @@ from pipelines.bench_algos import random_batch, realistic_feature_spec, time_int
 from pipelines.stats import SPREAD_HEADER, Spread, spread_text
 from poke_rl.algos import make_algorithm
 from poke_rl.errors import PokeRLError
-from poke_rl.models import ModelConfig, maybe_compile
+from poke_rl.algos.networks import ModelConfig, maybe_compile
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device present")
 ROW_BYTES = 45 * 2 * 2 + 150 * 4 * 2 + 8 + 4 + 1 + 10 + 10  # the Batch of bench_algos' spec, per row
@@ -49,7 +49,7 @@ def test_spread_is_median_min_max_of_the_repetitions() -> None:
         Spread.of([])
 
 
-# -- poke_rl.models.maybe_compile
+# -- poke_rl.algos.networks.maybe_compile
 
 
 def test_maybe_compile_keeps_cpu_training_eager_unless_always() -> None:
