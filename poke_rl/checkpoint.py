@@ -84,7 +84,7 @@ class DiskFullError(OSError):
         return text
 
 
-# Keys every checkpoint holds (see ``poke_rl.train.Trainer.checkpoint_state``).
+# Keys every checkpoint holds (see ``poke_rl.train.checkpointing.Checkpointer.state``).
 REQUIRED_KEYS = (
     "format",
     "format_version",

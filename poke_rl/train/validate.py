@@ -1,5 +1,5 @@
-"""Offline validation: the algorithm's ``evaluate`` metrics over the val split, and
-``poke-rl eval CKPT SHARDS``.
+"""Offline validation: the algorithm's ``evaluate`` metrics over the val split (the trainer's
+validation passes), and ``poke-rl eval CKPT SHARDS``.
 
 Metrics (what each algorithm's ``evaluate(batch)`` reports, averaged over transitions):
 ``accuracy`` (greedy action == data action: action-match accuracy), ``entropy`` (of the masked
@@ -17,9 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import torch
 
+from poke_rl.algos import Algorithm
+from poke_rl.console import print_table
 from poke_rl.errors import PokeRLError
+from poke_rl.features import Preprocessor
+from poke_rl.loader import DeviceLoader, LoaderConfig, val_loader
+from poke_rl.manifest import load_manifest, require_fresh
 from poke_rl.policy import load_algorithm
+from poke_rl.train.config import TrainConfig
+from poke_rl.world import World, resolve_device
 
 # Shown first, in this order, by ``poke-rl eval``; any other metric follows.
 METRIC_ORDER = ("accuracy", "entropy", "ce", "q_data", "q_max", "td_error", "v_mean", "cql_penalty")
@@ -36,13 +44,23 @@ METRIC_HELP = {
 }
 
 
+def val_batches(
+    config: TrainConfig, fingerprint: str, device: torch.device, manifest: dict[str, Any]
+) -> DeviceLoader:
+    """The whole val split, in manifest order, for one process (rank 0 validates alone);
+    ``manifest``: the shards' manifest, read once by the caller."""
+    loader_config = LoaderConfig(
+        batch_size=config.batch_size, seed=config.seed, num_workers=config.workers,
+        rank=0, world_size=1,
+    )
+    return DeviceLoader(val_loader(config.shards, fingerprint, loader_config, manifest=manifest), device)
+
+
 def run_validation(
-    algorithm: Any, batches: Iterable[Any], max_batches: int = 0, autocast: bool = False
+    algorithm: Algorithm, batches: Iterable[Any], max_batches: int = 0, autocast: bool = False
 ) -> dict[str, float] | None:
     """One pass over ``batches`` (at most ``max_batches`` when > 0): transition-weighted means
     of ``algorithm.evaluate``, read from the device once at the end. None if there is no batch."""
-    import torch
-
     names: list[str] | None = None
     total = None
     transitions = 0
@@ -90,25 +108,19 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint, check it fits the shards and the installed preprocessor, and run one
     validation pass over the val split. Raises PokeRLError on unusable inputs."""
-    from poke_rl import train as train_module
-    from poke_rl.features import Preprocessor
-    from poke_rl.manifest import load_manifest, require_fresh
-
     manifest = load_manifest(shards)
     preprocessor = Preprocessor()
     require_fresh(manifest, preprocessor.fingerprint, shards)
-    resolved = train_module.resolve_device(device, train_module.DistContext())
+    resolved = resolve_device(device, World())
     if not manifest["splits"]["val"]["shards"]:
         raise PokeRLError(
             f"{shards} has no val shards; rebuild with `poke-rl prep ... --val-fraction 0.05`"
         )
     state, algorithm = load_algorithm(checkpoint_path, preprocessor, resolved)
-    config = train_module.TrainConfig.from_dict(
-        {**state["config"], "shards": str(shards), "device": device}
-    )
+    config = TrainConfig.from_dict({**state["config"], "shards": str(shards), "device": device})
     if batch_size is not None:
-        config = train_module.TrainConfig.from_dict({**config.to_dict(), "batch_size": batch_size})
-    loader = train_module.make_val_loader(config, preprocessor.fingerprint, resolved)
+        config = TrainConfig.from_dict({**config.to_dict(), "batch_size": batch_size})
+    loader = val_batches(config, preprocessor.fingerprint, resolved, manifest)
     result = run_validation(algorithm, loader, max_batches)
     if result is None:
         raise PokeRLError(f"the val split of {shards} holds no transitions")
@@ -126,24 +138,16 @@ def print_report(report: dict[str, Any], as_json: bool = False) -> None:
     if as_json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    from rich.console import Console
-    from rich.table import Table
-
     metrics = report["metrics"]
-    table = Table(
-        title=f"{report['algo']} step {report['step']} on the val split of {report['shards']} "
-        f"({metrics['transitions']:,} transitions, {metrics['batches']} batches)",
-        title_justify="left",
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("meaning", style="dim")
     ordered = [name for name in METRIC_ORDER if name in metrics]
     ordered += [
         name for name in metrics
         if name not in ordered and name not in ("batches", "transitions", "eval_s")
     ]
-    for name in ordered:
-        value = metrics[name]
-        table.add_row(name, f"{value:.4f}", METRIC_HELP.get(name, ""))
-    Console().print(table)
+    print_table(
+        f"{report['algo']} step {report['step']} on the val split of {report['shards']} "
+        f"({metrics['transitions']:,} transitions, {metrics['batches']} batches)",
+        [(name, f"{metrics[name]:.4f}", METRIC_HELP.get(name, "")) for name in ordered],
+        header=("metric", "value", "meaning"),
+        right=("value",),
+    )

@@ -28,14 +28,14 @@ def _worker(rank: int, port: int, shards: str, run_dir: str, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    from poke_rl.train import Trainer, resolve_config
+    from poke_rl.train import resolve_config, setup
 
     options = {
         "algo": "iql", "steps": 12, "batch_size": 64, "warmup_steps": 2, "log_every": 4,
         "eval_every": 4, "save_every": 6, "eval_batches": 1, "device": "cpu", "seed": 5,
         "progress": False, "run_dir": run_dir, "model": {"embed_dim": 4, "hidden_sizes": (16,)},
     }
-    trainer = Trainer(resolve_config(shards, options))
+    trainer = setup(resolve_config(shards, options))
     first_batch_actions = next(iter(trainer.train_data.loader)).action.clone()
     trainer.train_data.loader.set_epoch(0)
     trainer.run()

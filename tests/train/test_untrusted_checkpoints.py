@@ -39,7 +39,7 @@ from poke_rl.cli import app
 from poke_rl.errors import PokeRLError
 from poke_rl.train import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
 
 torch.set_num_threads(1)

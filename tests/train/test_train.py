@@ -1,4 +1,4 @@
-"""Tests for poke_rl/train.py and the `train`/`eval` commands: config resolution, run folder,
+"""Tests for poke_rl/train/ and the `train`/`eval` commands: config resolution, run folder,
 metrics, stale-shard refusal, BC initialisation, NaN stop, bitwise resume after SIGKILL."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from poke_rl.checkpoint import load_checkpoint, save_checkpoint
 from poke_rl.cli import app
 from poke_rl.errors import PokeRLError
-from poke_rl.train import Trainer, resolve_config, train
+from poke_rl.train import resolve_config, setup, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
 TINY = {"embed_dim": 4, "hidden_sizes": (16,)}
 FAST = {
@@ -174,7 +174,7 @@ def test_bc_init_copies_the_policy(bc_run: Path, synthetic_shards: Path, tmp_pat
         synthetic_shards, {**FAST, "algo": "iql", "steps": 3, "model": TINY,
                            "init_from": str(bc_ckpt), "run_dir": str(tmp_path / "iql")},
     )
-    trainer = Trainer(config)
+    trainer = setup(config)
     bc_policy = load_checkpoint(bc_ckpt)["algo_state"]["networks"]["policy"]
     mine = trainer.algorithm.policy.state_dict()
     assert set(mine) == set(bc_policy)
@@ -193,7 +193,7 @@ def test_bc_init_gives_cql_the_bc_encoder(
         synthetic_shards, {**FAST, "algo": "cql", "steps": 3, "model": TINY,
                            "init_from": str(bc_ckpt), "run_dir": str(tmp_path / "cql")},
     )
-    trainer = Trainer(config)
+    trainer = setup(config)
     bc_policy = load_checkpoint(bc_ckpt)["algo_state"]["networks"]["policy"]
     encoder = {k.removeprefix("encoder."): v for k, v in bc_policy.items() if k.startswith("encoder.")}
     assert encoder
@@ -214,7 +214,7 @@ def test_bc_init_refusals(bc_run: Path, synthetic_shards: Path, tmp_path: Path) 
         save_checkpoint(state, tmp_path / f"{name}.pt")
         options = {**base, "init_from": str(tmp_path / f"{name}.pt"),
                    "run_dir": str(tmp_path / f"run-{name}")}
-        Trainer(resolve_config(synthetic_shards, options))
+        setup(resolve_config(synthetic_shards, options))
 
     with pytest.raises(PokeRLError, match="'iql' checkpoint; it must come from"):
         init_from({**bc_state, "algo": "iql"}, "not-bc")
@@ -228,7 +228,7 @@ def test_bc_init_refusals(bc_run: Path, synthetic_shards: Path, tmp_path: Path) 
     wider = {**base, "model": {"embed_dim": 4, "hidden_sizes": (8,)},
              "init_from": str(bc_run / "checkpoints" / "last.pt"), "run_dir": str(tmp_path / "w")}
     with pytest.raises(PokeRLError, match="trained with model"):
-        Trainer(resolve_config(synthetic_shards, wider))
+        setup(resolve_config(synthetic_shards, wider))
 
 
 # -- divergence ------------------------------------------------------------------------------
@@ -336,8 +336,7 @@ def test_cli_help_lists_design_options() -> None:
 @pytest.mark.parametrize("toml", sorted((REPO / "pipelines" / "configs").glob("*.toml")),
                          ids=lambda p: p.name)
 def test_example_configs_resolve(toml: Path, synthetic_shards: Path) -> None:
-    from poke_rl.algos import make_config
-    from poke_rl.models import ModelConfig
+    from poke_rl.algos import ModelConfig, make_config
 
     config = resolve_config(synthetic_shards, {}, toml)
     make_config(config.algo, {**dict(config.algo_params), "lr": config.lr})

@@ -1,0 +1,188 @@
+"""``poke-rl train``'s recipe: resolve the config, set the run up step by step, train.
+
+``setup`` reads like torchtune's recipes: each step is named and they run in the order their
+parts need each other (the comments say why), then ``Trainer.run`` trains and cleans up.
+``train`` is the entry point behind the command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from poke_rl import __version__
+from poke_rl.algos import Algorithm, ModelConfig, make_algorithm
+from poke_rl.algos.schedule import WarmupCosine, attach_schedules
+from poke_rl.errors import PokeRLError
+from poke_rl.features import Preprocessor
+from poke_rl.loader import DeviceLoader, LoaderConfig, train_loader
+from poke_rl.manifest import load_manifest, write_json_atomic
+from poke_rl.policy import require_same_features
+from poke_rl.train.checkpointing import Checkpointer, RunState, init_from_bc, load_last
+from poke_rl.train.config import TrainConfig, check_resumable, read_toml, resolve_config
+from poke_rl.train.metrics import MetricsLog
+from poke_rl.train.trainer import Trainer, TrainResult
+from poke_rl.train.validate import val_batches
+from poke_rl.world import World, init_process_group, resolve_device
+
+
+def train(
+    shards: str | Path | None,
+    options: Mapping[str, Any],
+    config_file: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Resolve the config (defaults < ``config_file`` < ``options`` that are not None) and run.
+
+    With ``resume``, the base is the config saved in ``RUN/checkpoints/last.pt`` instead of the
+    defaults, and training continues from that checkpoint exactly.
+    """
+    if not resume:
+        return setup(resolve_config(shards, options, config_file)).run()
+    file_values = read_toml(config_file) if config_file is not None else {}
+    run_dir = options.get("run_dir") or file_values.get("run_dir") or file_values.get("run-dir")
+    if not run_dir:
+        raise PokeRLError("--resume needs --run-dir: the folder of the run to continue")
+    saved = load_last(run_dir)
+    config = resolve_config(shards, options, config_file, base=saved["config"])
+    check_resumable(saved["config"], config)
+    return setup(config, saved).run()
+
+
+def setup(config: TrainConfig, saved: dict[str, Any] | None = None) -> Trainer:
+    """Build one run: world, data, algorithm, resumed state, run folder; ``saved`` is the
+    ``last.pt`` state of the run to resume, or None for a fresh run."""
+    _refuse_a_second_run(config, saved)  # before any work: a usage error costs nothing
+    world, device, owns_group = _setup_world(config)
+    # The data comes first: stale shards are refused before anything is built or written.
+    preprocessor, train_data, val_data = _setup_data(config, world, device, saved)
+    algorithm, model_config = _setup_algorithm(config, preprocessor, device, saved)
+    schedule = WarmupCosine(config.warmup_steps, config.steps, config.lr_floor)
+    schedulers = attach_schedules(algorithm.optimizers(), schedule)
+    checkpoints = Checkpointer(config, world, device, preprocessor, model_config, algorithm,
+                               schedulers, train_data)
+    # A resume restores the RNGs last, after everything that is built from the seed.
+    state = checkpoints.restore(saved) if saved is not None else RunState.fresh(config)
+    parameters = [p for optimizer in algorithm.optimizers() for group in optimizer.param_groups
+                  for p in group["params"]]
+    hooks = _setup_distributed(world, algorithm, parameters)
+    metrics_log = _setup_run_folder(config, world, device, preprocessor, model_config, algorithm,
+                                    resumed_step=state.step if saved is not None else None)
+    return Trainer(
+        config=config, world=world, device=device, algorithm=algorithm, schedule=schedule,
+        schedulers=schedulers, train_data=train_data, val_data=val_data, checkpoints=checkpoints,
+        state=state, metrics_log=metrics_log, parameters=parameters, hooks=hooks,
+        owns_process_group=owns_group,
+    )
+
+
+def _refuse_a_second_run(config: TrainConfig, saved: dict[str, Any] | None) -> None:
+    last = Path(config.run_dir) / "checkpoints" / "last.pt"
+    if saved is None and last.exists():
+        raise PokeRLError(
+            f"{config.run_dir} already holds a run ({last}); pass "
+            "--resume to continue it, or choose another --run-dir"
+        )
+
+
+def _setup_world(config: TrainConfig) -> tuple[World, torch.device, bool]:
+    """This process's rank and device; joins the torchrun job (True: this call created it)."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    world = World.from_env()
+    device = resolve_device(config.device, world)
+    return world, device, init_process_group(world, device)
+
+
+def _setup_data(
+    config: TrainConfig, world: World, device: torch.device, saved: dict[str, Any] | None
+) -> tuple[Preprocessor, DeviceLoader, DeviceLoader | None]:
+    """The shards as this rank's train batches (shuffled, split by rank) and rank 0's val
+    batches (None without val shards). The manifest is read once; the train loader refuses
+    shards of another preprocessor before anything else is built."""
+    manifest = load_manifest(config.shards)
+    preprocessor = Preprocessor()
+    loader_config = LoaderConfig(
+        batch_size=config.batch_size, seed=config.seed, num_workers=config.workers,
+        rank=world.rank, world_size=world.world_size,
+    )
+    batches = train_loader(config.shards, preprocessor.fingerprint, loader_config, manifest=manifest)
+    if saved is not None:
+        require_same_features(saved, preprocessor.fingerprint, preprocessor.feature_spec(), "--resume")
+    train_data = DeviceLoader(batches, device)
+    val_data = None
+    if world.is_main and manifest["splits"]["val"]["shards"]:
+        val_data = val_batches(config, preprocessor.fingerprint, device, manifest)
+    return preprocessor, train_data, val_data
+
+
+def _setup_algorithm(
+    config: TrainConfig, preprocessor: Preprocessor, device: torch.device,
+    saved: dict[str, Any] | None,
+) -> tuple[Algorithm, ModelConfig]:
+    """The algorithm from the seed (identical on every rank), or from BC with ``init_from``."""
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    try:
+        model_config = ModelConfig(**dict(config.model))
+    except TypeError as exc:
+        raise PokeRLError(f"bad model options {dict(config.model)}: {exc}") from None
+    algorithm = make_algorithm(
+        config.algo, preprocessor.feature_spec(), model_config,
+        {**dict(config.algo_params), "lr": config.lr}, device,
+    )
+    if saved is None and config.init_from:
+        init_from_bc(config.init_from, config, algorithm, model_config, preprocessor, device)
+    return algorithm, model_config
+
+
+def _setup_distributed(world: World, algorithm: Algorithm, parameters: list[Any]) -> list[Any]:
+    """Under torchrun: rank 0's networks and targets on every rank, and every gradient averaged
+    over ranks inside ``backward`` (so the algorithms' ``update`` stays untouched and all ranks
+    keep bitwise identical parameters). Returns the hooks to remove at the end."""
+    if not world.distributed:
+        return []
+    with torch.no_grad():
+        for parameter in parameters:
+            dist.broadcast(parameter, src=0)
+        for network in algorithm.target_networks().values():
+            for tensor in network.parameters():
+                dist.broadcast(tensor, src=0)
+
+    def average(parameter: Any) -> None:
+        dist.all_reduce(parameter.grad)
+        parameter.grad.div_(world.world_size)
+
+    return [p.register_post_accumulate_grad_hook(average) for p in parameters]
+
+
+def _setup_run_folder(
+    config: TrainConfig, world: World, device: torch.device, preprocessor: Preprocessor,
+    model_config: ModelConfig, algorithm: Algorithm, resumed_step: int | None,
+) -> MetricsLog | None:
+    """Rank 0: ``RUN/checkpoints/``, ``RUN/config.json`` and the metrics log (a resumed run's
+    log loses what was written after its checkpoint). None on the other ranks."""
+    if not world.is_main:
+        return None
+    run_dir = Path(config.run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    record = {
+        **config.to_dict(),
+        "resolved": {
+            "device": str(device),
+            "world_size": world.world_size,
+            "autocast_bf16": config.amp and device.type == "cuda",
+            "model_config": dataclasses.asdict(model_config),
+            "algo_config": dataclasses.asdict(algorithm.config),
+            "preprocessor_fingerprint": preprocessor.fingerprint,
+            "poke_rl_version": __version__,
+        },
+    }
+    write_json_atomic(run_dir / "config.json", record)
+    return MetricsLog(run_dir, resumed_step)
