@@ -214,7 +214,7 @@ def eval_command(
         _eval_online(checkpoint, shards, device, as_json, battles, opponents, battle_format,
                      concurrency, server, port, seed, progress)
         return
-    from poke_rl.evaluate import evaluate_checkpoint, print_report
+    from poke_rl.train.validate import evaluate_checkpoint, print_report
 
     if shards is None:
         raise PokeRLError("give SHARDS (a prep output folder) for offline metrics, or --online")
