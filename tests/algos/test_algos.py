@@ -12,10 +12,10 @@ from poke_rl.algos import ALGO_NAMES, CQL, IQL, make_algorithm, make_config
 from poke_rl.algos.bc import bc_loss
 from poke_rl.algos.cql import cql_head_loss, cql_penalty, double_dqn_value
 from poke_rl.algos.iql import awr_policy_loss, awr_weights
-from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.errors import PokeRLError
 from poke_rl.algos.masked import bellman_target, check_masks
 from poke_rl.algos.networks import ModelConfig
+from poke_rl.batch import Batch, FeatureSpec
+from poke_rl.errors import PokeRLError
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from poke_rl.algos.iql import expectile_loss
-from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.errors import PokeRLError
 from poke_rl.algos.masked import (
     bellman_target,
     check_batch,
@@ -27,6 +25,8 @@ from poke_rl.algos.networks import (
     make_target,
     polyak_update,
 )
+from poke_rl.batch import Batch, FeatureSpec
+from poke_rl.errors import PokeRLError
 
 torch.set_num_threads(1)
 

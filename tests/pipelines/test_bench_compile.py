@@ -18,8 +18,8 @@ from pipelines.bench import RECIPES, cpu_model
 from pipelines.bench_algos import random_batch, realistic_feature_spec, time_interleaved
 from pipelines.stats import SPREAD_HEADER, Spread, spread_text
 from poke_rl.algos import make_algorithm
-from poke_rl.errors import PokeRLError
 from poke_rl.algos.networks import ModelConfig, maybe_compile
+from poke_rl.errors import PokeRLError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device present")
 ROW_BYTES = 45 * 2 * 2 + 150 * 4 * 2 + 8 + 4 + 1 + 10 + 10  # the Batch of bench_algos' spec, per row
