@@ -52,6 +52,7 @@ def test_spread_is_median_min_max_of_the_repetitions() -> None:
 # -- poke_rl.algos.networks.maybe_compile
 
 
+@pytest.mark.slow
 def test_maybe_compile_keeps_cpu_training_eager_unless_always() -> None:
     cpu = torch.device("cpu")
     assert maybe_compile(compiling_probe, False, cpu) is compiling_probe
@@ -115,6 +116,7 @@ def test_recipe_is_registered_in_the_suite() -> None:
     assert recipe.module == "pipelines.bench_compile"
 
 
+@pytest.mark.slow
 def test_compiled_and_eager_bc_agree_on_the_first_update(cpu_run: tuple) -> None:
     (result,), _copies, _tables = cpu_run
     assert result.algo == "bc"
@@ -129,6 +131,7 @@ def test_compiled_and_eager_bc_agree_on_the_first_update(cpu_run: tuple) -> None
     assert result.largest_difference <= 1e-4
 
 
+@pytest.mark.slow
 def test_rates_and_compile_time_are_positive_and_finite(cpu_run: tuple) -> None:
     (result,), _copies, _tables = cpu_run
     for spread in (result.eager, result.compiled):
@@ -138,6 +141,7 @@ def test_rates_and_compile_time_are_positive_and_finite(cpu_run: tuple) -> None:
     assert math.isfinite(result.compile_s) and result.compile_s > 0
 
 
+@pytest.mark.slow
 def test_table_names_the_device_and_skips_the_copies_on_cpu(cpu_run: tuple) -> None:
     (result,), copies, tables = cpu_run
     assert copies is None

@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -45,6 +46,7 @@ def _worker(rank: int, port: int, shards: str, run_dir: str, out: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_identical(synthetic_shards: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     mp.spawn(

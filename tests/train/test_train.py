@@ -68,6 +68,7 @@ def test_config_layers(tmp_path: Path, synthetic_shards: Path) -> None:
         resolve_config(synthetic_shards, {"threads": -1})
 
 
+@pytest.mark.slow
 def test_threads_sets_torch_threads(tmp_path: Path, synthetic_shards: Path) -> None:
     before = torch.get_num_threads()
     try:
@@ -288,6 +289,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(synthetic_shards: Path, tmp_path: Path) -> None:
     # 16 batches per epoch: 200 steps cross 12 epoch boundaries; save every 7 (not aligned).
     toml = tiny_toml(tmp_path / "c.toml", algo="iql", steps=200, seed=3, **{

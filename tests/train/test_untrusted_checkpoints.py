@@ -274,6 +274,7 @@ def run_killed_after(shards: Path, run_dir: Path, toml: Path, step: int, resume:
     gc.collect()  # the killed run's loader threads stop
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kills", [[23], [9, 30, 45]], ids=["killed_once", "killed_3_times"])
 def test_resume_keeps_every_tensor_and_rng_state(
     straight: Path, synthetic_shards: Path, toml: Path, tmp_path: Path,
@@ -314,6 +315,7 @@ class UnhandledSignal(Exception):
     """Raised by the test's own handler: the trainer did not take the signal over."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_the_current_step_then_resumes_exactly(
     straight: Path, synthetic_shards: Path, toml: Path, tmp_path: Path,
@@ -383,6 +385,7 @@ def _wait_for(predicate: Any, process: subprocess.Popen) -> None:
     assert process.poll() is None, "the run ended before the test could interrupt it"
 
 
+@pytest.mark.slow
 def test_sigterm_of_a_running_train_saves_and_resumes_bitwise(
     straight_subprocess: tuple[Path, Path], synthetic_shards: Path, tmp_path: Path
 ) -> None:
@@ -406,6 +409,7 @@ def test_sigterm_of_a_running_train_saves_and_resumes_bitwise(
     assert_same_run(straight_run, run_dir)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_keeps_every_tensor(
     straight_subprocess: tuple[Path, Path], synthetic_shards: Path, tmp_path: Path
 ) -> None:
@@ -483,6 +487,7 @@ def test_full_disk_keeps_the_old_last_pt(synthetic_shards: Path, tmp_path: Path,
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.pt"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_file_size_limit_keeps_the_old_last_pt(synthetic_shards: Path, tmp_path: Path) -> None:
     """A real kernel error: under RLIMIT_FSIZE a write past the limit fails with EFBIG (Python
     ignores SIGXFSZ). The resumed run's first save is refused; the checkpoint it resumed from
