@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 REPO = Path(__file__).resolve().parents[1]
 
 from conftest import assert_checkpoints_equal, write_synthetic_shards  # noqa: E402
-from test_prep import _run_killed, reference_decisions, reference_rows, tree_bytes  # noqa: E402
+from prep_reference import reference_decisions, reference_rows, run_killed, tree_bytes  # noqa: E402
 
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
 from poke_rl import schema  # noqa: E402
@@ -577,7 +577,7 @@ def test_sigkill_during_a_rebuild_after_a_preprocessor_change(tmp_path: Path) ->
     ):
         out = tmp_path / phase
         shutil.copytree(base, out)
-        _run_killed(_rebuild_cmd(source, out, 50.0), phase, 0)
+        run_killed(_rebuild_cmd(source, out, 50.0), phase, 0)
         state = tree_bytes(out)
         if after_kill == "old":
             assert state == old, phase

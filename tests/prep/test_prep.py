@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,13 @@ from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 
+from prep_reference import (  # noqa: E402
+    reference_decisions,
+    reference_rows,
+    run_killed,
+    tree_bytes,
+)
+
 from pipelines.generate import BAD_KINDS, GenConfig, battle_records, iter_lines  # noqa: E402
 from poke_rl import schema, shards  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
@@ -30,71 +34,10 @@ from poke_rl.features import FeatureConfig, Preprocessor  # noqa: E402
 from poke_rl.manifest import inspect_shards  # noqa: E402
 from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
 from poke_rl.prep import build as prep_build  # noqa: E402
-from poke_rl.prep.columnar import parse_chunk, reference_check, trajectory_key  # noqa: E402
+from poke_rl.prep.columnar import parse_chunk, trajectory_key  # noqa: E402
 from poke_rl.prep.steps import explode  # noqa: E402
 
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
-
-# -- the reference: validate_trajectory line by line, explode with plain Python ---------------
-
-
-def reference_decisions(lines: list[bytes]) -> tuple[list[tuple[int, str]], list[schema.CheckedTrajectory]]:
-    """(rejects as (line index, code), accepted trajectories) the way the contract reads."""
-    rejects, accepted, seen = [], [], set()
-    for index, raw in enumerate(lines):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            checked = reference_check(line)
-        except schema.Rejection as exc:
-            rejects.append((index, exc.code))
-            continue
-        key = trajectory_key(checked.replay_id, checked.player)
-        if key in seen:
-            rejects.append((index, "duplicate"))
-            continue
-        seen.add(key)
-        accepted.append(checked)
-    return rejects, accepted
-
-
-def _f32(value: float) -> float:
-    return float(np.float32(value))
-
-
-def _filled(spec: schema.ObsField, value):
-    if spec.kind == "float":
-        return [_f32(v) for v in value] if spec.length else _f32(value)
-    return value
-
-
-def reference_rows(accepted: list[schema.CheckedTrajectory]) -> list[dict]:
-    """Transition rows as ``Table.to_pylist`` gives them, built step by step."""
-    rows = []
-    for c in accepted:
-        n = len(c.actions)
-        for t in range(n if c.terminal else n - 1):
-            has_next = t + 1 < n
-            row = {
-                "replay_id": c.replay_id,
-                "player": c.player,
-                "t": t,
-                "action": c.actions[t],
-                "reward": _f32(c.rewards[t]),
-                "done": bool(c.terminal and t == n - 1),
-                "mask": list(c.masks[t]),
-                "next_mask": list(c.masks[t + 1]) if has_next else [False] * 10,
-            }
-            for spec in schema.OBSERVATION_FIELDS:
-                row["obs_" + spec.name] = _filled(spec, c.observations[t][spec.name])
-            for spec in schema.OBSERVATION_FIELDS:
-                zero = schema._default(spec)
-                value = c.observations[t + 1][spec.name] if has_next else zero
-                row["next_obs_" + spec.name] = _filled(spec, value)
-            rows.append(row)
-    return rows
-
 
 def assert_chunk_matches_reference(lines: list[bytes]) -> None:
     data = b"\n".join(lines) + b"\n"
@@ -121,15 +64,6 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return path
-
-
-def tree_bytes(out: Path) -> dict[str, bytes]:
-    """Every visible output file under ``out`` (relative path → bytes)."""
-    return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
-    }
 
 
 OPTS = PrepOptions(progress=False, block_size=512, val_fraction=0.2, chunk_bytes=300_000)
@@ -470,24 +404,6 @@ def _prep_cmd(inputs: Path, out: Path) -> list[str]:
             "--val-fraction", "0.2"]  # fmt: skip
 
 
-def _run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: bool = False) -> None:
-    env = dict(os.environ)
-    if phase:
-        env["POKE_RL_PREP_PAUSE"] = f"{phase}:30"
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
-    if phase:
-        line = proc.stderr.readline()
-        assert f"paused at {phase}" in line.decode(), line
-    else:
-        time.sleep(delay_s)
-    if main_only:
-        os.kill(proc.pid, signal.SIGKILL)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-
-
 @pytest.mark.slow
 def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
     lines = [line for _, line in corpus_lines(30, seed=21, bad_fraction=0.02)]
@@ -508,7 +424,7 @@ def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
     ):
         out = tmp_path / f"out{number}"
         shutil.copytree(old_out, out)
-        _run_killed(_prep_cmd(source, out), phase, delay_s)
+        run_killed(_prep_cmd(source, out), phase, delay_s)
         state = tree_bytes(out)
         if "manifest.json" in state:  # the old output, whole, or (after the swap) the new one
             assert state in (old_expected, expected), phase
@@ -520,7 +436,7 @@ def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
 
     # a first prep killed mid-way leaves nothing; workers orphaned by a main-only kill stop
     out = tmp_path / "fresh"
-    _run_killed(_prep_cmd(source, out) + ["--workers", "2"], "parquet", 0, main_only=True)
+    run_killed(_prep_cmd(source, out) + ["--workers", "2"], "parquet", 0, main_only=True)
     assert "manifest.json" not in tree_bytes(out)
     subprocess.run(_prep_cmd(source, out) + ["--workers", "2"], check=True, capture_output=True)
     assert tree_bytes(out) == expected

@@ -1,0 +1,102 @@
+"""The reference the prep tests compare against, shared by tests/prep and test_reliability:
+validate_trajectory line by line, transitions exploded with plain Python, output trees as bytes,
+and a prep run killed at a phase."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from poke_rl import schema
+from poke_rl.prep.columnar import reference_check, trajectory_key
+
+
+def reference_decisions(lines: list[bytes]) -> tuple[list[tuple[int, str]], list[schema.CheckedTrajectory]]:
+    """(rejects as (line index, code), accepted trajectories) the way the contract reads."""
+    rejects, accepted, seen = [], [], set()
+    for index, raw in enumerate(lines):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            checked = reference_check(line)
+        except schema.Rejection as exc:
+            rejects.append((index, exc.code))
+            continue
+        key = trajectory_key(checked.replay_id, checked.player)
+        if key in seen:
+            rejects.append((index, "duplicate"))
+            continue
+        seen.add(key)
+        accepted.append(checked)
+    return rejects, accepted
+
+
+def _f32(value: float) -> float:
+    return float(np.float32(value))
+
+
+def _filled(spec: schema.ObsField, value):
+    if spec.kind == "float":
+        return [_f32(v) for v in value] if spec.length else _f32(value)
+    return value
+
+
+def reference_rows(accepted: list[schema.CheckedTrajectory]) -> list[dict]:
+    """Transition rows as ``Table.to_pylist`` gives them, built step by step."""
+    rows = []
+    for c in accepted:
+        n = len(c.actions)
+        for t in range(n if c.terminal else n - 1):
+            has_next = t + 1 < n
+            row = {
+                "replay_id": c.replay_id,
+                "player": c.player,
+                "t": t,
+                "action": c.actions[t],
+                "reward": _f32(c.rewards[t]),
+                "done": bool(c.terminal and t == n - 1),
+                "mask": list(c.masks[t]),
+                "next_mask": list(c.masks[t + 1]) if has_next else [False] * 10,
+            }
+            for spec in schema.OBSERVATION_FIELDS:
+                row["obs_" + spec.name] = _filled(spec, c.observations[t][spec.name])
+            for spec in schema.OBSERVATION_FIELDS:
+                zero = schema._default(spec)
+                value = c.observations[t + 1][spec.name] if has_next else zero
+                row["next_obs_" + spec.name] = _filled(spec, value)
+            rows.append(row)
+    return rows
+
+
+def tree_bytes(out: Path) -> dict[str, bytes]:
+    """Every visible output file under ``out`` (relative path → bytes)."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    }
+
+
+def run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: bool = False) -> None:
+    """Run ``cmd`` (pausing at ``phase`` when given, else for ``delay_s``), then SIGKILL it."""
+    env = dict(os.environ)
+    if phase:
+        env["POKE_RL_PREP_PAUSE"] = f"{phase}:30"
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+    if phase:
+        line = proc.stderr.readline()
+        assert f"paused at {phase}" in line.decode(), line
+    else:
+        time.sleep(delay_s)
+    if main_only:
+        os.kill(proc.pid, signal.SIGKILL)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
