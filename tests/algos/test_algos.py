@@ -145,7 +145,6 @@ def train(algorithm, batch: Batch, steps: int) -> None:
 CHAIN_TRAINING = {"gamma": CHAIN_GAMMA, "lr": 0.02, "polyak_tau": 0.1}
 
 
-@pytest.mark.slow
 def test_iql_with_median_expectile_recovers_behaviour_q() -> None:
     behaviour = torch.tensor(CHAIN_BEHAVIOUR, dtype=torch.float64)
     q_behaviour = chain_values(lambda next_q: (behaviour * next_q).sum())
@@ -172,7 +171,6 @@ def test_iql_with_high_expectile_approaches_optimal_q() -> None:
     assert (learned - q_star).abs().max() < 0.2 * (q_behaviour - q_star).abs().max()
 
 
-@pytest.mark.slow
 def test_cql_without_penalty_recovers_optimal_q() -> None:
     q_star = chain_values(lambda next_q: next_q.max())
     cql = make_algorithm("cql", CHAIN_SPEC, TABULAR, {**CHAIN_TRAINING, "alpha": 0.0})

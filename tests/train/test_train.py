@@ -68,7 +68,6 @@ def test_config_layers(tmp_path: Path, synthetic_shards: Path) -> None:
         resolve_config(synthetic_shards, {"threads": -1})
 
 
-@pytest.mark.slow
 def test_threads_sets_torch_threads(tmp_path: Path, synthetic_shards: Path) -> None:
     before = torch.get_num_threads()
     try:

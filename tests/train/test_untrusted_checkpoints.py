@@ -274,7 +274,6 @@ def run_killed_after(shards: Path, run_dir: Path, toml: Path, step: int, resume:
     gc.collect()  # the killed run's loader threads stop
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kills", [[23], [9, 30, 45]], ids=["killed_once", "killed_3_times"])
 def test_resume_keeps_every_tensor_and_rng_state(
     straight: Path, synthetic_shards: Path, toml: Path, tmp_path: Path,
@@ -315,7 +314,6 @@ class UnhandledSignal(Exception):
     """Raised by the test's own handler: the trainer did not take the signal over."""
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_the_current_step_then_resumes_exactly(
     straight: Path, synthetic_shards: Path, toml: Path, tmp_path: Path,
