@@ -2,7 +2,7 @@
 file damage, SIGKILLed prep rebuilds and training checkpoints, damaged shards through ``train``
 and ``inspect``, and training faults. docs/RELIABILITY.md tabulates what these tests assert.
 
-What tests/test_prep.py, test_inspect.py, test_loader.py, test_train.py and test_checkpoint.py
+What tests/prep/test_prep.py, loader/test_manifest.py, loader/test_loader.py, train/test_train.py and test_checkpoint.py
 already prove is not repeated here: the columnar/reference agreement per chunk, SIGKILL of a full
 prep at every phase, inspect's own damage detection, the loader's ShardError cases, the NaN stop
 with a poisoned update, and SIGKILL-then-resume between checkpoint writes.

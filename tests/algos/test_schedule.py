@@ -1,4 +1,4 @@
-"""Tests for poke_rl/schedule.py: warmup + cosine values, attached to every optimiser."""
+"""Tests for poke_rl/algos/schedule.py: warmup + cosine values, attached to every optimiser."""
 
 from __future__ import annotations
 
