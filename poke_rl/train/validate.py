@@ -24,7 +24,7 @@ from poke_rl.console import print_table
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
 from poke_rl.loader import DeviceLoader, LoaderConfig, val_loader
-from poke_rl.manifest import load_manifest, require_fresh
+from poke_rl.manifest import load_manifest
 from poke_rl.policy import load_algorithm
 from poke_rl.train.config import TrainConfig
 from poke_rl.world import World, resolve_device
@@ -110,7 +110,6 @@ def evaluate_checkpoint(
     validation pass over the val split. Raises PokeRLError on unusable inputs."""
     manifest = load_manifest(shards)
     preprocessor = Preprocessor()
-    require_fresh(manifest, preprocessor.fingerprint, shards)
     resolved = resolve_device(device, World())
     if not manifest["splits"]["val"]["shards"]:
         raise PokeRLError(
