@@ -275,6 +275,20 @@ def collect(
     typer.echo(summary(run_collect(out, options), options), err=True)
 
 
+@app.command()
+@handle_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (RUN/checkpoints/best.pt, ...)."),
+    out: Path = typer.Argument(..., help="The policy file to write (POLICY.pt)."),
+) -> None:
+    """Write a checkpoint's policy as TorchScript: (ids, num, mask) -> masked logits, with its
+    feature spec and fingerprint inside; load it with poke_rl.load_policy or torch.jit.load.
+    The file is a program: share and load it only from trusted sources."""
+    from poke_rl.export import export_policy, export_summary
+
+    typer.echo(export_summary(export_policy(checkpoint, out), out), err=True)
+
+
 def run() -> None:
     """Entry point that never shows a Python traceback unless --debug is given."""
     app()
