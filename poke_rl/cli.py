@@ -17,6 +17,7 @@ import typer
 from poke_rl import __version__
 from poke_rl.errors import PokeRLError
 from poke_rl.showdown.battles import DEFAULT_FORMAT
+from poke_rl.usage import OneLineUsageGroup
 
 app = typer.Typer(
     name="poke-rl",
@@ -24,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageGroup,  # a usage error is one line on stderr, exit 2
 )
 
 _state = {"debug": False}
@@ -38,7 +40,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug/--no-debug", help="Show full tracebacks on errors."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -85,8 +87,12 @@ def prep(
     val_fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of battles in val."),
     workers: int = typer.Option(1, min=1, help="Worker processes."),
     block_size: int = typer.Option(4096, min=1, help="Transitions per tensor block."),
-    force: bool = typer.Option(False, "--force", help="Rebuild everything even if up to date."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 2 on the first rejected line."),
+    force: bool = typer.Option(
+        False, "--force/--no-force", help="Rebuild everything even if up to date."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict/--no-strict", help="Exit 2 on the first rejected line."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
@@ -109,20 +115,17 @@ def prep(
 
 @app.command()
 @handle_errors
-def inspect(path: Path = typer.Argument(..., help="A shards folder or a checkpoint file.")) -> None:
-    """Summarise a shards folder (and verify its shards) or a checkpoint."""
-    if not path.exists():
-        raise PokeRLError(f"{path} does not exist")
-    if path.is_dir():
-        from poke_rl.manifest import inspect_shards
+def inspect(
+    path: Path = typer.Argument(..., help="A shards folder, a run folder or a checkpoint file."),
+    as_json: bool = typer.Option(
+        False, "--json/--no-json", help="Print one JSON object instead of tables."
+    ),
+) -> None:
+    """Summarise a shards folder (and verify its shards), a run folder or a checkpoint."""
+    from poke_rl.inspection import inspect_path
 
-        ok = inspect_shards(path)
-        if not ok:
-            raise typer.Exit(2)
-        return
-    from poke_rl.checkpoint import inspect_checkpoint
-
-    inspect_checkpoint(path)
+    if not inspect_path(path, as_json=as_json):
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -184,16 +187,21 @@ def train(
 @app.command(name="eval")
 @handle_errors
 def eval_command(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint (RUN/checkpoints/best.pt, ...)."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint (RUN/checkpoints/best.pt, ...) or a run folder (its best.pt)."
+    ),
     shards: Path = typer.Argument(
         None, help="A prep output folder; its val split is used (not with --online)."
     ),
     max_batches: int = typer.Option(0, min=0, help="Cap on val batches (0: the whole split)."),
     batch_size: int = typer.Option(None, min=1, help="Val batch size (the run's by default)."),
     device: str = typer.Option(None, help="auto, cpu or cuda (offline: auto; online: cpu)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    as_json: bool = typer.Option(
+        False, "--json/--no-json", help="Print one JSON object instead of a table."
+    ),
     online: bool = typer.Option(
-        False, "--online", help="Play live battles against baseline bots instead (no SHARDS)."
+        False, "--online/--no-online",
+        help="Play live battles against baseline bots instead (no SHARDS).",
     ),
     battles: int = typer.Option(100, "--battles", "-n", min=1, help="Online: battles per opponent."),
     opponents: str = typer.Option(
@@ -211,15 +219,26 @@ def eval_command(
     """Offline metrics of a checkpoint on the val split (action match, Q, entropy, TD error), or
     with --online its win rates in live battles against baseline bots."""
     if online:
-        _eval_online(checkpoint, shards, device, as_json, battles, opponents, battle_format,
-                     concurrency, server, port, seed, progress)
+        _eval_online(_checkpoint_argument(checkpoint), shards, device, as_json, battles,
+                     opponents, battle_format, concurrency, server, port, seed, progress)
         return
     from poke_rl.train.validate import evaluate_checkpoint, print_report
 
+    checkpoint = _checkpoint_argument(checkpoint)
     if shards is None:
         raise PokeRLError("give SHARDS (a prep output folder) for offline metrics, or --online")
     report = evaluate_checkpoint(checkpoint, shards, max_batches, batch_size, device or "auto")
     print_report(report, as_json=as_json)
+
+
+def _checkpoint_argument(path: Path) -> Path:
+    """A run folder stands for its checkpoints/best.pt (said on stderr)."""
+    from poke_rl.paths import resolve_checkpoint
+
+    resolved, note = resolve_checkpoint(path)
+    if note:
+        typer.echo(note, err=True)
+    return resolved
 
 
 def _eval_online(checkpoint: Path, shards: Path | None, device: str | None, as_json: bool,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from poke_rl.console import error_line, print_table
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file, file_sha256
 from poke_rl.locations import is_url, read_location, shard_location
+from poke_rl.paths import MANIFEST_NAME, not_shards_hint
 
-MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 # One path component: starts with a letter, digit, ``_`` or ``-`` (so never ``.``, ``..`` or a
@@ -104,10 +105,10 @@ def load_manifest(out_dir: str | Path) -> dict[str, Any]:
     root = Path(out_dir)
     path = root / MANIFEST_NAME
     if not path.is_file():
-        raise PokeRLError(
+        raise PokeRLError(not_shards_hint(root) or (
             f"{out_dir} holds no {MANIFEST_NAME}: it is not a prep output; "
             f"run `poke-rl prep INPUT... {out_dir}`"
-        )
+        ))
     inside_problem = _outside(root, MANIFEST_NAME)
     if inside_problem:
         raise ManifestError(f"{path} {inside_problem}: refusing to read it")
@@ -393,15 +394,24 @@ def prep_command(manifest: dict[str, Any], out_dir: str | Path) -> str:
     return "poke-rl prep " + " ".join(shlex.quote(str(p)) for p in [*inputs, str(out_dir)])
 
 
+def stale_problem(manifest: dict[str, Any], fingerprint: str, out_dir: str | Path) -> str | None:
+    """Why shards built by another preprocessor are stale, naming the command that rebuilds
+    them; None when they were built by the one with ``fingerprint``."""
+    built = manifest.get("preprocessor", {}).get("fingerprint")
+    if built == fingerprint:
+        return None
+    return (
+        f"the shards in {out_dir} are stale: built by preprocessor {str(built)[:19]}, "
+        f"installed is {fingerprint[:19]}; rebuild them (from the Parquet, fast) with "
+        f"`{prep_command(manifest, out_dir)}`"
+    )
+
+
 def require_fresh(manifest: dict[str, Any], fingerprint: str, out_dir: str | Path) -> None:
     """Refuse shards built by another preprocessor, naming the command that rebuilds them."""
-    built = manifest.get("preprocessor", {}).get("fingerprint")
-    if built != fingerprint:
-        raise PokeRLError(
-            f"the shards in {out_dir} are stale: built by preprocessor {str(built)[:19]}, "
-            f"installed is {fingerprint[:19]}; rebuild them (from the Parquet, fast) with "
-            f"`{prep_command(manifest, out_dir)}`"
-        )
+    problem = stale_problem(manifest, fingerprint, out_dir)
+    if problem:
+        raise PokeRLError(problem)
 
 
 def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
@@ -433,43 +443,76 @@ def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
     return problems
 
 
-def inspect_shards(out_dir: str | Path) -> bool:
-    """Print a prep output's manifest as a readable summary, check that its counts add up and
-    verify every listed shard.
+def shards_report(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
+    """A prep output as plain JSON-able data: the manifest's summary, the verification of every
+    listed shard (``ok``, ``problems``) and, given the installed ``fingerprint``, freshness."""
+    manifest = load_manifest(out_dir)
+    pre = manifest["preprocessor"]
+    mismatched = count_problems(manifest)
+    problems = [f"counts do not add up: {'; '.join(mismatched)}"] if mismatched else []
+    bad_shards = verify_shards(manifest, out_dir)
+    problems += [f"bad shard {problem}" for problem in bad_shards]
+    splits = {split: {"shards": len(shard_entries(manifest, split)),
+                      "transitions": manifest["splits"][split]["transitions"],
+                      "bytes": sum(e["bytes"] for e in shard_entries(manifest, split))}
+              for split in SPLITS}  # fmt: skip
+    stale = stale_problem(manifest, fingerprint, out_dir) if fingerprint else None
+    return {
+        "kind": "shards", "path": str(out_dir),
+        "preprocessor": {key: pre.get(key) for key in ("name", "version", "fingerprint")},
+        "installed_fingerprint": fingerprint, "fresh": None if fingerprint is None else stale is None,
+        "inputs": manifest["inputs"], "counts": manifest["counts"], "splits": splits,
+        "val_fraction": manifest["val_fraction"], "block_size": manifest["block_size"],
+        "features": pre.get("features", {}),
+        "verification": {"ok": not problems, "shards_checked": sum(s["shards"] for s in splits.values()),
+                         "bad_shards": len(bad_shards), "problems": problems},
+        "warnings": [stale] if stale else [],
+        "rebuild": f"{prep_command(manifest, out_dir)} --force",
+    }  # fmt: skip
+
+
+def inspect_shards(out_dir: str | Path, fingerprint: str | None = None, as_json: bool = False) -> bool:
+    """Print a prep output's manifest as a readable summary (or ``shards_report`` as one JSON
+    object), check that its counts add up and verify every listed shard.
 
     Returns False (after one error line on stderr naming every problem) when the counts do not
     add up or a shard is outside the folder, missing, or its size or sha256 differs from the
-    manifest. Raises ``PokeRLError`` when there is no manifest or it is malformed.
+    manifest. Shards stale for the installed ``fingerprint`` get a warning line on stderr (they
+    are intact: still True). Raises ``PokeRLError`` when there is no manifest or it is malformed.
     """
+    report = shards_report(out_dir, fingerprint)
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_shards_tables(report)
+    verification = report["verification"]
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if not verification["ok"]:
+        bad = verification["bad_shards"]
+        tally = f"; {bad} bad shard(s)" if bad else ""
+        error_line(f"{'; '.join(verification['problems'])}{tally}; rebuild with `{report['rebuild']}`")
+        return False
+    if not as_json:
+        print(f"all {verification['shards_checked']} shards verified (size and sha256)")
+    return True
+
+
+def _print_shards_tables(report: dict[str, Any]) -> None:
     from rich.markup import escape  # names and paths are shown as written, never as markup
 
-    manifest = load_manifest(out_dir)
-    pre = manifest["preprocessor"]
+    pre = report["preprocessor"]
     summary = [("preprocessor", escape(f"{pre.get('name')} v{pre.get('version')} {pre['fingerprint']}"))]
-    for entry in manifest["inputs"]:
+    for entry in report["inputs"]:
         size = f" ({entry['bytes']:,} bytes)" if "bytes" in entry else ""
         summary.append(("input", escape(f"{entry['path']}{size}")))
-    summary += [(escape(key.replace("_", " ")), f"{value:,}") for key, value in manifest["counts"].items()]
-    summary.append(("val fraction / block size", f"{manifest['val_fraction']} / {manifest['block_size']:,}"))
-    print_table(escape(f"prep output {out_dir}"), summary)
-    split_rows = []
-    for split in SPLITS:
-        entries = shard_entries(manifest, split)
-        split_rows.append((split, f"{len(entries):,}", f"{manifest['splits'][split]['transitions']:,}",
-                           f"{sum(e['bytes'] for e in entries):,}"))  # fmt: skip
+    summary += [(escape(key.replace("_", " ")), f"{value:,}") for key, value in report["counts"].items()]
+    summary.append(("val fraction / block size", f"{report['val_fraction']} / {report['block_size']:,}"))
+    print_table(escape(f"prep output {report['path']}"), summary)
+    split_rows = [(split, f"{s['shards']:,}", f"{s['transitions']:,}", f"{s['bytes']:,}")
+                  for split, s in report["splits"].items()]  # fmt: skip
     print_table("tensor shards", split_rows, header=("split", "shards", "transitions", "bytes"),
                 right=("shards", "transitions", "bytes"))  # fmt: skip
     features = [(escape(name), str(spec["shape"]), escape(spec["dtype"]))
-                for name, spec in pre.get("features", {}).items()]  # fmt: skip
+                for name, spec in report["features"].items()]  # fmt: skip
     print_table("features per transition", features, header=("array", "shape", "dtype"))
-
-    mismatched = count_problems(manifest)
-    problems = verify_shards(manifest, out_dir)
-    if mismatched or problems:
-        named = [f"counts do not add up: {'; '.join(mismatched)}"] if mismatched else []
-        named += [f"bad shard {problem}" for problem in problems]
-        tally = f"; {len(problems)} bad shard(s)" if problems else ""
-        error_line(f"{'; '.join(named)}{tally}; rebuild with `{prep_command(manifest, out_dir)} --force`")
-        return False
-    print(f"all {sum(len(shard_entries(manifest, s)) for s in SPLITS)} shards verified (size and sha256)")
-    return True
