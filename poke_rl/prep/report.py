@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
 
 from poke_rl.console import print_table
 from poke_rl.prep.options import PrepOptions, PrepResult
@@ -21,9 +20,23 @@ def _folder_bytes(path: Path) -> int:
 
 def print_up_to_date(out: Path, result: PrepResult) -> None:
     counts = result.manifest["counts"]
-    Console().print(
+    print(  # plain: a console would wrap it at 80 columns in a log
         f"{out} is up to date ({counts['transitions']:,} transitions from "
         f"{len(result.manifest['inputs'])} input file(s)); nothing to do (--force rebuilds)"
+    )
+    warn_empty_val(out, result.manifest)
+
+
+def warn_empty_val(out: Path, manifest: dict[str, Any]) -> None:
+    """A warning line on stderr when the val split holds no transitions (train cannot validate)."""
+    if manifest["splits"]["val"]["transitions"]:
+        return
+    trajectories = manifest["counts"]["trajectories"] - manifest["counts"]["rejected"]
+    print(
+        f"warning: the val split of {out} is empty ({trajectories:,} trajectories at "
+        f"--val-fraction {manifest['val_fraction']}): train will run without validation and "
+        "write no best.pt; raise --val-fraction or add battles",
+        file=sys.stderr, flush=True,
     )
 
 
@@ -62,3 +75,4 @@ def print_summary(out: Path, result: PrepResult, options: PrepOptions) -> None:
         ("time", f"{result.elapsed_s:,.1f} s"),
     ]  # fmt: skip
     print_table(f"poke-rl prep → {out}", rows)
+    warn_empty_val(out, manifest)
