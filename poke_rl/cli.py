@@ -1,7 +1,8 @@
 """The ``poke-rl`` command line: a thin typer layer over library functions.
 
-Exit codes (DESIGN.md): 0 success; 2 bad usage or unusable input (``PokeRLError``); 1 anything
-else. Errors are one line on stderr; ``--debug`` shows the traceback instead.
+Exit codes (README.md, "Commands"): 0 success; 2 bad usage or unusable input (``PokeRLError``, a
+typer usage error); 1 anything else. Errors are one line on stderr; ``--debug`` shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def main(
 
 
 def handle_errors(func: F) -> F:
-    """Map exceptions to DESIGN.md's exit codes with one clear line on stderr."""
+    """Map exceptions to the documented exit codes with one clear line on stderr."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

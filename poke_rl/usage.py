@@ -1,4 +1,4 @@
-"""How the command line reports bad usage: one ``error: …`` line on stderr and exit 2 (DESIGN.md).
+"""How the command line reports bad usage: one ``error: …`` line on stderr and exit 2 (README.md).
 
 typer prints a usage error as a boxed rich panel of several lines; ``OneLineUsageGroup`` prints
 the same message as one line instead, naming the command's ``--help`` (which stays as typer
