@@ -247,3 +247,32 @@ def test_a_poke_env_player_plays_the_exported_policy(exported: dict[str, Path]) 
     order = player.choose_move(battle)
     assert player.failure is None and player.illegal_choices == 0
     assert order.message == legal[expected].message
+
+
+@pytest.mark.showdown
+@pytest.mark.slow
+def test_the_readme_player_plays_live_battles(exported: dict[str, Path]) -> None:
+    """The README's example, against the real local server: legal choices, battles finish."""
+    pytest.importorskip("poke_env", reason="poke-env is not installed")
+    from conftest import showdown_missing
+
+    if (missing := showdown_missing()) is not None:
+        pytest.skip(f"no local Showdown: {missing}")
+    import asyncio
+
+    from poke_env import ServerConfiguration
+    from poke_env.player import RandomPlayer
+
+    from poke_rl.showdown.players import PolicyPlayer
+    from poke_rl.showdown.server import local_server
+
+    with local_server() as running:
+        policy = poke_rl.load_policy(exported["cql"], seed=0)
+        server = ServerConfiguration(running.websocket_url, "")
+        agent = PolicyPlayer(lambda obs, mask: policy.act(obs, mask, temperature=0.3),
+                             battle_format="gen9randombattle", server_configuration=server)
+        opponent = RandomPlayer(battle_format="gen9randombattle", server_configuration=server)
+
+        asyncio.run(agent.battle_against(opponent, n_battles=3))
+    assert agent.n_finished_battles == 3
+    assert agent.failure is None and agent.illegal_choices == 0 and agent.decisions > 10
