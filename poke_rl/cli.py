@@ -140,7 +140,9 @@ def train(
     warmup_steps: int = typer.Option(None, min=0, help="Linear warmup steps (1000)."),
     run_dir: Path = typer.Option(None, help="Run folder (runs/<algo>-<time>)."),
     init_from: Path = typer.Option(None, help="BC checkpoint to initialise IQL's policy from."),
-    resume: bool = typer.Option(False, "--resume", help="Continue --run-dir from its last.pt."),
+    resume: bool = typer.Option(
+        False, "--resume/--no-resume", help="Continue --run-dir from its last.pt."
+    ),
     device: str = typer.Option(None, help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(None, help="Seed of the networks and the data order (0)."),
     log_every: int = typer.Option(None, min=1, help="Steps per metrics.jsonl line (100)."),
