@@ -3,7 +3,8 @@
 Every reader that turns a checkpoint into a network goes through ``load_algorithm``: offline
 ``eval``, ``eval --online``, checkpoint players of ``collect``. It refuses a checkpoint trained on
 other features than the installed preprocessor's (``require_same_features``), which ``train``
-also applies to ``--resume`` and ``--init-from``.
+also applies to ``--resume`` and ``--init-from``. Inference outside poke-rl's commands (exported
+TorchScript files, ``act`` with a temperature) is ``poke_rl.export``'s ``load_policy``.
 """
 
 from __future__ import annotations
