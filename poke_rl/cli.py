@@ -139,9 +139,13 @@ def train(
     lr: float = typer.Option(None, help="Peak learning rate of every optimiser (3e-4)."),
     warmup_steps: int = typer.Option(None, min=0, help="Linear warmup steps (1000)."),
     run_dir: Path = typer.Option(None, help="Run folder (runs/<algo>-<time>)."),
-    init_from: Path = typer.Option(None, help="BC checkpoint to initialise IQL's policy from."),
+    init_from: Path = typer.Option(
+        None, help="BC checkpoint to start from: IQL/BC take its policy, CQL its encoder."
+    ),
     resume: bool = typer.Option(
-        False, "--resume/--no-resume", help="Continue --run-dir from its last.pt."
+        False, "--resume/--no-resume", help="Continue --run-dir from its last.pt. With a larger "
+        "--steps N it extends the run (a finished one too): the lr follows, from the current "
+        "step on, the warmup + cosine of a run planned for N steps from the start.",
     ),
     device: str = typer.Option(None, help="auto (CUDA when available), cpu or cuda."),
     seed: int = typer.Option(None, help="Seed of the networks and the data order (0)."),
@@ -152,10 +156,19 @@ def train(
     threads: int = typer.Option(
         None, min=0, help="torch CPU threads (0: one per core); 1 on cores other jobs share."
     ),
-    config: Path = typer.Option(None, "--config", help="TOML file with any of these options."),
+    config: Path = typer.Option(
+        None, "--config", help="TOML file: these options and [model], [iql], [cql], [bc] tables."
+    ),
+    overrides: list[str] = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Any config key, typed as in TOML (repeatable): "
+        "--set iql.beta=30 --set model.hidden_sizes=[512,512] --set best_metric=td_error. "
+        "Precedence: defaults < --config < --set < the options above.",
+    ),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Train BC, IQL or CQL on prepped shards; writes RUN/{config.json,metrics.jsonl,tb,checkpoints}."""
+    """Train BC, IQL or CQL on prepped shards; writes RUN/{config.json,metrics.jsonl,tb,checkpoints}.
+
+    RUN/config.json records every resolved value (and any warning, e.g. a clamped warmup)."""
     import errno
     import os
 
@@ -170,7 +183,7 @@ def train(
         "workers": workers, "threads": threads, "progress": progress,
     }
     try:
-        run_training(shards, options, config_file=config, resume=resume)
+        run_training(shards, options, config_file=config, resume=resume, sets=overrides or ())
     except TrainingInterrupted as exc:  # SIGINT 130, SIGTERM 143; last.pt holds the step
         typer.echo(str(exc), err=True)
         raise typer.Exit(exc.exit_code) from None

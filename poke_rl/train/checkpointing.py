@@ -75,15 +75,14 @@ def init_from_bc(
     preprocessor: Preprocessor, device: torch.device,
 ) -> None:
     """``--init-from``: IQL takes BC's policy (encoder and head); CQL, whose policy is greedy on
-    Q, takes BC's encoder into both Q encoders and their targets (see each ``load_bc``)."""
+    Q, takes BC's encoder into both Q encoders and their targets (see each ``load_bc``); BC takes
+    the whole policy (fine-tuning, e.g. on new data: fresh optimiser, schedule and step count)."""
     state = load_checkpoint(path, map_location=device)
     if state["algo"] != "bc":
         raise PokeRLError(
             f"--init-from {path} is a {state['algo']!r} checkpoint; it must come from "
             "`poke-rl train ... --algo bc`"
         )
-    if config.algo == "bc":
-        raise PokeRLError("--init-from initialises IQL or CQL from BC; for BC use --resume")
     require_same_features(
         state, preprocessor.fingerprint, preprocessor.feature_spec(), f"--init-from {path}"
     )

@@ -6,8 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -15,13 +14,24 @@ from typing import Any
 
 from poke_rl.algos import ALGO_NAMES
 from poke_rl.errors import PokeRLError
+from poke_rl.train.overrides import (
+    LEGACY_SECTION,
+    algo_params,
+    check_section,
+    check_table,
+    field_types,
+    parse_sets,
+    toml_module,
+)
 
 DEVICES = ("auto", "cpu", "cuda")
+SECTIONS = frozenset({"model", "algo_params"})  # TrainConfig's fields that hold tables
 # Options a resumed run may change: they decide how it is watched or run, not what it computes
-# (another thread count may change the last bits of CPU reductions, as another machine would).
+# (another thread count may change the last bits of CPU reductions, as another machine would);
+# run_dir is where last.pt was read from, so a run folder moved or copied can be resumed.
 RESUMABLE_CHANGES = frozenset(
     {"log_every", "eval_every", "save_every", "snapshot_every", "eval_batches", "device",
-     "workers", "threads", "progress"}
+     "workers", "threads", "progress", "run_dir"}
 )
 
 
@@ -107,25 +117,22 @@ class TrainConfig:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config; PokeRLError if missing, invalid, or if no TOML reader is available."""
+    """Read a TOML config, typed (``overrides.check_table``); PokeRLError if missing, invalid,
+    or if no TOML reader is available."""
     path = Path(path)
-    try:
-        import tomllib  # Python >= 3.11
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise PokeRLError(
-                f"reading {path} needs Python >= 3.11 (tomllib) or the `tomli` package on "
-                f"Python {sys.version_info.major}.{sys.version_info.minor}: "
-                "`pip install tomli`, or pass the options on the command line"
-            ) from None
+    toml = toml_module(f"reading {path}")
     if not path.is_file():
         raise PokeRLError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        table = toml.loads(path.read_text(encoding="utf-8"))
+    except (toml.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PokeRLError(f"config file {path} is not valid TOML: {exc}") from None
+    return check_table(table, top_level_types(), f"--config {path}")
+
+
+def top_level_types() -> dict[str, Any]:
+    """TrainConfig's plain fields (not its sections) -> type hints."""
+    return {name: hint for name, hint in field_types(TrainConfig).items() if name not in SECTIONS}
 
 
 def resolve_config(
@@ -133,36 +140,90 @@ def resolve_config(
     options: Mapping[str, Any],
     config_file: str | Path | None = None,
     base: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
 ) -> TrainConfig:
-    """Defaults (or ``base``, a saved config), then the TOML file's keys (dashes or underscores),
-    then ``options`` whose value is not None; ``shards`` (when given) wins over the file's."""
-    values: dict[str, Any] = dict(base or {})
-    if config_file is not None:
-        values.update({key.replace("-", "_"): value for key, value in read_toml(config_file).items()})
-    values.update({key: value for key, value in options.items() if value is not None})
+    """Defaults (or ``base``, a saved config) < the TOML file < ``sets`` (``--set KEY=VALUE``)
+    < ``options`` whose value is not None; ``shards`` (when given) wins over the file's.
+
+    Sections merge key by key (``--set model.embed_dim=16`` keeps the file's hidden_sizes);
+    ``[ALGO]`` and ``[algo_params]`` become ``algo_params`` once the algorithm is known.
+    """
+    layers = [_base_table(base or {}), read_toml(config_file) if config_file is not None else {},
+              parse_sets(sets, top_level_types()), _options_table(options)]
+    values: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, Mapping):
+                sections.setdefault(key, {}).update(value)
+            else:
+                values[key] = value
     if shards is not None:
         values["shards"] = str(shards)
     if "shards" not in values:
         raise PokeRLError("no SHARDS folder given (argument, or `shards = ...` in --config)")
-    if isinstance(values.get("model", {}).get("hidden_sizes"), list):
-        values["model"] = {**values["model"], "hidden_sizes": tuple(values["model"]["hidden_sizes"])}
+    algo = values.get("algo", "iql")
+    if algo in ALGO_NAMES:
+        values["algo_params"] = algo_params(algo, sections)
+    values["model"] = sections.get("model", {})
     if not values.get("run_dir"):
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        values["run_dir"] = str(Path("runs") / f"{values.get('algo', 'iql')}-{stamp}")
+        values["run_dir"] = str(Path("runs") / f"{algo}-{stamp}")
     return TrainConfig.from_dict(values)
 
 
-def check_resumable(saved: Mapping[str, Any], resumed: TrainConfig) -> None:
-    """A resumed run keeps what decides its results; only RESUMABLE_CHANGES may differ."""
+def _base_table(base: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config (JSON types) as a layer: its sections typed again (lists to tuples)."""
+    table = {k: v for k, v in base.items() if k not in SECTIONS}
+    table["model"] = check_section("model", dict(base.get("model", {})), "the saved config")
+    table[LEGACY_SECTION] = dict(base.get("algo_params", {}))
+    return table
+
+
+def _options_table(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Library options (already typed by the CLI or the caller) as a layer; ``model`` and
+    ``algo_params`` given as mappings are checked like a file's sections."""
+    table: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "model":
+            table["model"] = check_section("model", dict(value), "model options")
+        elif key == "algo_params":
+            table[LEGACY_SECTION] = dict(value)
+        else:
+            table[key] = value
+    return table
+
+
+def clamp_warmup(config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A warmup longer than the run would keep the learning rate below its peak throughout:
+    clamp it to a tenth of the run, with the warning to show (None: nothing changed)."""
+    if config.warmup_steps <= config.steps:
+        return config, None
+    clamped = config.steps // 10
+    note = (f"warmup_steps {config.warmup_steps} is longer than the run ({config.steps} steps): "
+            f"clamped to {clamped} (a tenth of the run); set --warmup-steps to choose")
+    return dataclasses.replace(config, warmup_steps=clamped), note
+
+
+def check_resumable(saved: Mapping[str, Any], resumed: TrainConfig, saved_step: int = 0) -> None:
+    """A resumed run keeps what decides its results; only RESUMABLE_CHANGES may differ, and
+    ``steps``, which may grow past ``saved_step`` (the step last.pt holds) to extend the run."""
+    if resumed.steps < saved_step:
+        raise PokeRLError(
+            f"--resume: this run is at step {saved_step}; --steps {resumed.steps} would end it "
+            f"before that (give more than {saved_step} steps to extend it)"
+        )
     for name, old in saved.items():
         new = getattr(resumed, name, None)
-        if name in RESUMABLE_CHANGES or jsonable(old) == jsonable(new):
+        if name in RESUMABLE_CHANGES or name == "steps" or jsonable(old) == jsonable(new):
             continue
-        if name in ("shards", "run_dir") and Path(old).resolve() == Path(new).resolve():
+        if name == "shards" and Path(old).resolve() == Path(new).resolve():
             continue
         raise PokeRLError(
             f"--resume: {name} was {old!r} in this run and is {new!r} now; a resumed run keeps "
-            f"its config (only {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
+            f"its config (only steps and {', '.join(sorted(RESUMABLE_CHANGES))} may change)"
         )
 
 

@@ -57,7 +57,7 @@ def test_config_layers(tmp_path: Path, synthetic_shards: Path) -> None:
     assert (config.algo, config.steps, config.batch_size, config.lr) == ("cql", 9, 32, 1e-3)
     assert dict(config.model) == {"embed_dim": 4, "hidden_sizes": (16,)}
     assert config.run_dir.startswith("runs/cql-")
-    with pytest.raises(PokeRLError, match="unknown training option"):
+    with pytest.raises(PokeRLError, match="bad.toml: unknown key stepz; valid keys: algo"):
         resolve_config(synthetic_shards, {}, tiny_toml(tmp_path / "bad.toml", stepz=3))
     (tmp_path / "broken.toml").write_text("steps = = 3\n")
     with pytest.raises(PokeRLError, match="not valid TOML"):
