@@ -92,3 +92,38 @@ def test_modules_and_classes_stay_small() -> None:
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
                 too_long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not too_long, too_long
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
+PARTS = ("prep", "loader", "train", "algos", "showdown")
+
+
+def _part(module: str) -> str:
+    """``poke_rl.loader.stream`` → ``loader``; ``poke_rl.manifest`` → ``manifest``."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return "poke_rl"
+    return parts[1]
+
+
+def test_architecture_names_every_part_and_who_uses_it() -> None:
+    """docs/ARCHITECTURE.md's module table lists every module or package of poke_rl once, and
+    its "used by" column is the import graph: exactly the parts that import it."""
+    used_by: dict[str, set[str]] = {}
+    for module, targets in import_graph().items():
+        for target in targets:
+            if _part(module) != _part(target):
+                used_by.setdefault(_part(target), set()).add(_part(module))
+    rows = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        if line.startswith("| `poke_rl/"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            name = cells[0].strip("`").removeprefix("poke_rl/").removesuffix("/").removesuffix(".py")
+            rows[name] = {user.strip() for user in cells[-1].split(",")}
+    parts = {_part(module) for module in import_graph()} - {"poke_rl"}
+    assert sorted(rows) == sorted(parts)
+    for name, users in rows.items():
+        expected = used_by.get(name, set()) - {"poke_rl"}
+        if name == "cli":
+            expected = {"users"}
+        assert users == expected, name
