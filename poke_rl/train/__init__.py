@@ -2,7 +2,8 @@
 
 Run folder (``--run-dir``, default ``runs/<algo>-<YYYYmmdd-HHMMSS>``)::
 
-    RUN/config.json              the resolved TrainConfig (defaults < --config TOML < options)
+    RUN/config.json              the resolved TrainConfig (defaults < --config TOML < --set
+                                 < options), "resolved": every model/algorithm field, notes
     RUN/metrics.jsonl            one object per log interval ("kind": "train") and per
                                  validation ("kind": "val"); see ``metrics.MetricsLog``
     RUN/tb/                      TensorBoard events (train/*, val/*)
@@ -11,7 +12,7 @@ Run folder (``--run-dir``, default ``runs/<algo>-<YYYYmmdd-HHMMSS>``)::
     RUN/checkpoints/step-NNNNNNN.pt   every --snapshot-every steps (hard links, no extra write)
 
 The modules, in the order a run uses them: ``config`` (TrainConfig, TOML, what a resume may
-change), ``run`` (the recipe: ``train`` and ``setup``'s named steps), ``trainer`` (the update
+change), ``overrides`` (typed TOML values and ``--set KEY=VALUE``), ``run`` (the recipe: ``train`` and ``setup``'s named steps), ``trainer`` (the update
 loop), ``metrics`` (metrics log, running sums, the loop's clock), ``validate`` (validation
 passes and ``poke-rl eval CKPT SHARDS``), ``checkpointing`` (what a save holds, resume,
 ``--init-from``), ``stopping`` (NaN, full disk, SIGINT/SIGTERM).

@@ -1,6 +1,8 @@
-"""What decides a training run: ``TrainConfig``, read from defaults < a TOML file < options.
+"""What decides a training run: ``TrainConfig``, read from defaults < a TOML file < ``--set``
+< options.
 
-``resolve_config`` layers them; ``check_resumable`` says what a resumed run may change.
+``resolve_config`` layers them (values typed by ``overrides``); ``clamp_warmup`` fixes a warmup
+longer than the run; ``check_resumable`` says what a resumed run may change.
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ class TrainConfig:
     snapshot_every: int = 20_000  # step-NNNNNNN.pt; 0: none
     eval_batches: int = 50  # cap of each validation pass; 0: the whole val split
     workers: int = 0
-    # torch's CPU threads in this process; 0: torch's default (one per core). On cores other jobs
-    # share, 1 avoids threads spinning against each other (RESULTS.md: an IQL run beside a
-    # collection loop ran >20x slower with the default).
-    threads: int = 0
+    # torch's CPU threads in this process; 0: torch's default (one per core). 1 by default: on
+    # cores other jobs share, torch's default ran 3x slower (BENCHMARKS.md, "Torch threads";
+    # RESULTS.md: >20x beside a collection loop), on quiet cores 1.3x faster: 0 on a quiet machine.
+    threads: int = 1
     best_metric: str = "accuracy"  # val metric that picks best.pt (every algorithm reports it)
     best_mode: str = "max"  # "max" or "min" (e.g. best_metric = "td_error", best_mode = "min")
     q_bound: float | None = None  # |Q| warning bound; None: r_max seen in data / (1 - gamma)

@@ -75,8 +75,10 @@ def test_threads_sets_torch_threads(tmp_path: Path, synthetic_shards: Path) -> N
         run_train(synthetic_shards, tmp_path / "t", algo="bc", steps=2, threads=2)
         assert torch.get_num_threads() == 2
         assert json.loads((tmp_path / "t" / "config.json").read_text())["threads"] == 2
-        run_train(synthetic_shards, tmp_path / "d", algo="bc", steps=2)  # 0: left as it is
+        run_train(synthetic_shards, tmp_path / "z", algo="bc", steps=2, threads=0)  # left as is
         assert torch.get_num_threads() == 2
+        run_train(synthetic_shards, tmp_path / "d", algo="bc", steps=2)  # the default: 1
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
 
