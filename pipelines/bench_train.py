@@ -54,7 +54,7 @@ def bench_algo(shards: Path, algo: str, steps: int, log_every: int) -> dict[str,
                 "algo": algo, "steps": steps, "log_every": log_every, "eval_every": 0,
                 "save_every": steps, "snapshot_every": 0, "eval_batches": 1,
                 "run_dir": str(run_dir / "run"), "device": "cpu", "progress": False,
-                "warmup_steps": 10,
+                "warmup_steps": 10, "threads": 0,  # 0: keep the --threads set in main()
             },
         )
         records = [
