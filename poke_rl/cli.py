@@ -137,7 +137,10 @@ def train(
     steps: int = typer.Option(None, min=1, help="Updates to run (default 100000)."),
     batch_size: int = typer.Option(None, min=1, help="Transitions per update and rank (256)."),
     lr: float = typer.Option(None, help="Peak learning rate of every optimiser (3e-4)."),
-    warmup_steps: int = typer.Option(None, min=0, help="Linear warmup steps (1000)."),
+    warmup_steps: int = typer.Option(
+        None, min=0, help="Linear warmup steps (1000, at most a tenth of --steps; one longer "
+        "than the run is clamped to a tenth, with a warning)."
+    ),
     run_dir: Path = typer.Option(None, help="Run folder (runs/<algo>-<time>)."),
     init_from: Path = typer.Option(
         None, help="BC checkpoint to start from: IQL/BC take its policy, CQL its encoder."

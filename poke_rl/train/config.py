@@ -51,7 +51,7 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 256
     lr: float = 3e-4
-    warmup_steps: int = 1_000
+    warmup_steps: int = 1_000  # unless set: at most steps // 10 (resolve_config)
     lr_floor: float = 0.1  # the cosine ends at lr_floor * lr
     run_dir: str = ""  # "" -> runs/<algo>-<timestamp>
     init_from: str | None = None
@@ -164,6 +164,10 @@ def resolve_config(
         values["shards"] = str(shards)
     if "shards" not in values:
         raise PokeRLError("no SHARDS folder given (argument, or `shards = ...` in --config)")
+    if "warmup_steps" not in values:  # the default warmup is at most a tenth of the run
+        steps = values.get("steps", _default("steps"))
+        if isinstance(steps, int):
+            values["warmup_steps"] = min(_default("warmup_steps"), steps // 10)
     algo = values.get("algo", "iql")
     if algo in ALGO_NAMES:
         values["algo_params"] = algo_params(algo, sections)
@@ -172,6 +176,10 @@ def resolve_config(
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         values["run_dir"] = str(Path("runs") / f"{algo}-{stamp}")
     return TrainConfig.from_dict(values)
+
+
+def _default(name: str) -> Any:
+    return TrainConfig.__dataclass_fields__[name].default
 
 
 def _base_table(base: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,8 +207,9 @@ def _options_table(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def clamp_warmup(config: TrainConfig) -> tuple[TrainConfig, str | None]:
-    """A warmup longer than the run would keep the learning rate below its peak throughout:
-    clamp it to a tenth of the run, with the warning to show (None: nothing changed)."""
+    """A warmup set longer than the run would keep the learning rate below its peak throughout:
+    clamp it to a tenth of the run, with the warning to show (None: nothing changed). The
+    default warmup is already at most a tenth (``resolve_config``)."""
     if config.warmup_steps <= config.steps:
         return config, None
     clamped = config.steps // 10

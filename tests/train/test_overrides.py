@@ -282,3 +282,12 @@ def test_bc_fine_tunes_from_a_bc_checkpoint(
     result = trainer.run()
     assert result.step == 6
     assert records(tmp_path / "tuned")[0]["lr"] == pytest.approx(1e-3 / 4)
+
+
+def test_default_warmup_is_at_most_a_tenth_of_the_run(tmp_path: Path) -> None:
+    assert resolve_config("S", {"steps": 300}).warmup_steps == 30
+    assert resolve_config("S", {}).warmup_steps == 1000  # of the default 100,000 steps
+    assert resolve_config("S", {"steps": 300, "warmup_steps": 50}).warmup_steps == 50
+    toml = tmp_path / "c.toml"
+    toml.write_text("warmup_steps = 500\n")
+    assert resolve_config("S", {"steps": 300}, toml).warmup_steps == 500  # set: clamped at setup
