@@ -15,6 +15,7 @@ together. Only rank 0 validates and writes files.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -137,11 +138,15 @@ class Trainer:
         finally:  # a DivergedError propagates: the CLI prints it once and exits 1
             progress.close()
             self.cleanup()
-        if self.world.is_main:
-            progress.message(
+        if self.world.is_main:  # the summary shows with --no-progress too
+            summary = (
                 f"done: {state.step} steps; checkpoints in {self.checkpoints.folder} "
                 f"(best {state.best['metric']} = {state.best['value']} at step {state.best['step']})"
             )
+            if progress.enabled:
+                progress.message(summary)
+            else:
+                print(summary, file=sys.stderr, flush=True)
         return TrainResult(self.run_dir, state.step, dict(state.best), dict(state.last_metrics))
 
     def cleanup(self) -> None:

@@ -291,3 +291,12 @@ def test_default_warmup_is_at_most_a_tenth_of_the_run(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text("warmup_steps = 500\n")
     assert resolve_config("S", {"steps": 300}, toml).warmup_steps == 500  # set: clamped at setup
+
+
+def test_no_progress_still_prints_the_summary(synthetic_shards: Path, tmp_path: Path) -> None:
+    result = cli("train", synthetic_shards, "--algo", "bc", "--run-dir", tmp_path / "r",
+                 "--device", "cpu", "--no-progress", "--steps", 2, "--batch-size", 64,
+                 "--set", "model.embed_dim=2", "--set", "model.hidden_sizes=[4]")
+    assert result.exit_code == 0, result.output
+    assert f"done: 2 steps; checkpoints in {tmp_path / 'r' / 'checkpoints'} (best accuracy" in (
+        result.output)
