@@ -201,13 +201,29 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
 
 
 def normalised_source(path: Path, data: bytes) -> bytes:
-    """What the fingerprint hashes of one source file: for Python, ``ast.dump`` of its syntax
+    """What the fingerprint hashes of one source file: for Python, a canonical dump of its syntax
     tree without docstrings (comments, formatting and docstrings do not change it; any change of
     code does); for data files, the bytes."""
     if path.suffix != ".py":
         return data
     tree = _without_docstrings(ast.parse(data, filename=str(path)))
-    return ast.dump(tree, annotate_fields=True, include_attributes=False).encode()
+    return _canonical(tree).encode()
+
+
+def _canonical(node: object) -> str:
+    """A syntax tree as text, like ``ast.dump`` but leaving out empty fields (None, []), whose
+    presence differs between Python versions (3.12 added ``type_params``, 3.13 changed
+    ``ast.dump``'s defaults), so the same code has the same fingerprint on every Python."""
+    if isinstance(node, ast.AST):
+        fields = [
+            f"{name}={_canonical(value)}"
+            for name, value in ast.iter_fields(node)
+            if value is not None and value != []
+        ]
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ", ".join(_canonical(item) for item in node) + "]"
+    return f"{type(node).__name__}:{node!r}"
 
 
 def read_feature_sources() -> bytes:

@@ -470,3 +470,13 @@ def test_block_rows_is_not_part_of_the_fingerprint(pre: Preprocessor) -> None:
     other = Preprocessor()
     other.block_rows = 3
     assert other.fingerprint == pre.fingerprint
+
+
+def test_the_canonical_tree_leaves_out_empty_fields_and_keeps_values() -> None:
+    source = Path("m.py")
+    one = features.normalised_source(source, b"def f(x):\n    return x + 1\n")
+    assert b"type_params" not in one and b"decorator_list" not in one
+    assert b"int:1" in one and b"str:'x'" in one
+    assert features.normalised_source(source, b"def f(x):  # why\n\n    return (x + 1)\n") == one
+    assert features.normalised_source(source, b"def f(x):\n    return x + 2\n") != one
+    assert features.normalised_source(source, b"def f(x):\n    return x + 1.0\n") != one
