@@ -518,6 +518,7 @@ def damaged_files(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(data=damaged_files())
@@ -769,6 +770,7 @@ def _kill_at_torn_save(cmd: list[str], tear_at: int) -> str:
     return line
 
 
+@pytest.mark.slow
 def test_sigkill_while_last_pt_is_written_then_resume_is_bitwise_exact(
     synthetic_shards: Path, tmp_path: Path
 ) -> None:
