@@ -156,6 +156,13 @@ def refuse_foreign(out: Path) -> None:
             name = f"{folder}/{entry.name}"
             if name in known or (legacy and folder == "transitions" and _PART_NAME.fullmatch(entry.name)):
                 continue
+            unusable = _unusable_manifest(out)
+            if unusable:
+                raise PokeRLError(
+                    f"{unusable}: prep cannot tell which files under {out} it wrote, and it "
+                    f"deletes only what a manifest records; remove {out}/transitions and "
+                    f"{out}/tensors yourself (or choose another OUT), then run prep again"
+                )
             raise PokeRLError(
                 f"{printable_path(entry)} was not written by prep (no manifest of {out} records it); "
                 "prep replaces that folder whole, so it refuses: move the file out, or choose "
@@ -169,6 +176,17 @@ def refuse_foreign(out: Path) -> None:
                 f"{out} holds no prep output (no manifest.json) and is not empty ({shown}): "
                 "choose a new or empty folder for OUT"
             )
+
+
+def _unusable_manifest(out: Path) -> str | None:
+    """Why OUT's manifest.json cannot be used, when there is one; None when it is fine or absent."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None
+    try:
+        load_manifest(out)
+    except PokeRLError as exc:
+        return str(exc).split("; rebuild")[0]
+    return None
 
 
 def refuse_dropped_inputs(out: Path, files: list[InputFile], old: dict[str, Any]) -> None:

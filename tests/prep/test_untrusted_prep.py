@@ -110,6 +110,19 @@ def test_a_foreign_file_in_a_managed_folder_is_refused_and_kept(built, folder: s
     assert prep(source, out, "--force").exit_code == 0
 
 
+@pytest.mark.parametrize("damage", [b'{"broken": ', b"[]", b'{"format_version": 1}'])
+def test_an_unusable_manifest_names_itself_and_deletes_nothing(built, damage: bytes) -> None:
+    source, out = built
+    (out / "manifest.json").write_bytes(damage)
+    before = snapshot(out)
+    result = prep(source, out, "--force")
+    assert_refused(result, "manifest.json is not a poke-rl manifest", "cannot tell which files")
+    assert snapshot(out) == before
+    shutil.rmtree(out / "tensors")
+    shutil.rmtree(out / "transitions")
+    assert prep(source, out).exit_code == 0
+
+
 def test_a_non_empty_output_without_a_manifest_is_refused(tmp_path: Path) -> None:
     source = write(tmp_path / "in" / "a.jsonl", VALID)
     out = tmp_path / "home"
