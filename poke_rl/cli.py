@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +49,13 @@ def main(
 ) -> None:
     """poke-rl: offline RL for Pokemon Showdown."""
     _state["debug"] = debug
+    if not debug:
+        warnings.formatwarning = _warning_line
+
+
+def _warning_line(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """A warning as one ``warning: …`` line (the file and source line only with --debug)."""
+    return f"warning: {message}\n"
 
 
 def handle_errors(func: F) -> F:

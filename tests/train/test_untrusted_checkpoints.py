@@ -251,6 +251,21 @@ def test_checkpoint_without_integrity_record_loads_with_a_warning(bc_run: Path,
         load_checkpoint(resaved)
 
 
+def test_the_unverified_warning_is_one_line_from_the_command(bc_run: Path, tmp_path: Path) -> None:
+    legacy = tmp_path / "legacy.pt"
+    torch.save(load_checkpoint(bc_run / "checkpoints" / "last.pt"), legacy)
+    shown = subprocess.run(
+        [str(POKE_RL), "inspect", str(legacy)],
+        capture_output=True, text=True, check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.splitlines() == [
+        f"warning: checkpoint {legacy} has no integrity record (written before poke-rl added "
+        "them, or by plain torch.save): damage to it cannot be detected; loading it anyway (the "
+        "next save of its run adds one)"
+    ]
+
+
 # -- 11: the global RNG across resumes -------------------------------------------------------
 
 
