@@ -37,10 +37,18 @@ from poke_rl.prep.staging import (
 def existing_manifest(out: Path) -> dict[str, Any] | None:
     """OUT's manifest, validated by ``poke_rl.manifest``; None when there is none prep can use
     (missing, not JSON, another format version, not a poke-rl manifest): then OUT is rebuilt."""
+    return manifest_state(out)[0]
+
+
+def manifest_state(out: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(OUT's validated manifest or None, why a manifest.json present cannot be used or None)``."""
+    if not (out / MANIFEST_NAME).is_file():
+        return None, None
     try:
-        return load_manifest(out)
-    except PokeRLError:
-        return None
+        return load_manifest(out), None
+    except PokeRLError as exc:
+        # the reader's advice ("rebuild it with ... --force") does not apply where prep refuses
+        return None, str(exc).split("; rebuild")[0]
 
 
 def same_sizes(files: list[InputFile], old: dict[str, Any]) -> bool:
@@ -136,7 +144,8 @@ def refuse_foreign(out: Path) -> None:
     """Refuse an OUT holding what prep did not write: in ``transitions/`` and ``tensors/``
     (replaced whole by a swap) any file no manifest of OUT or of its complete staging records;
     at the top level of an OUT holding no prep output, anything prep does not write."""
-    manifests = [existing_manifest(out)]
+    own, unusable = manifest_state(out)
+    manifests = [own]
     for staging in sorted(out.glob(STAGING_PREFIX + "*")):
         if (staging / MANIFEST_NAME).is_file():
             manifests += [_manifest_at(staging / MANIFEST_NAME), _manifest_at(staging / OLD_MANIFEST)]
@@ -156,7 +165,6 @@ def refuse_foreign(out: Path) -> None:
             name = f"{folder}/{entry.name}"
             if name in known or (legacy and folder == "transitions" and _PART_NAME.fullmatch(entry.name)):
                 continue
-            unusable = _unusable_manifest(out)
             if unusable:
                 raise PokeRLError(
                     f"{unusable}: prep cannot tell which files under {out} it wrote, and it "
@@ -176,17 +184,6 @@ def refuse_foreign(out: Path) -> None:
                 f"{out} holds no prep output (no manifest.json) and is not empty ({shown}): "
                 "choose a new or empty folder for OUT"
             )
-
-
-def _unusable_manifest(out: Path) -> str | None:
-    """Why OUT's manifest.json cannot be used, when there is one; None when it is fine or absent."""
-    if not (out / MANIFEST_NAME).is_file():
-        return None
-    try:
-        load_manifest(out)
-    except PokeRLError as exc:
-        return str(exc).split("; rebuild")[0]
-    return None
 
 
 def refuse_dropped_inputs(out: Path, files: list[InputFile], old: dict[str, Any]) -> None:
