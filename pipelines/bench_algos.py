@@ -24,9 +24,8 @@ import torch
 from pipelines.stats import SPREAD_HEADER, Spread
 from poke_rl.algos import ModelConfig, make_algorithm
 from poke_rl.batch import Batch, FeatureSpec
-from poke_rl.schema import VOCAB_SIZES
+from poke_rl.schema import NUM_ACTIONS, VOCAB_SIZES
 
-NUM_ACTIONS = 10
 D3RLPY_LABEL = "d3rlpy 2.8.0 DiscreteCQL (n_critics=2)"
 
 

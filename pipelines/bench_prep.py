@@ -216,9 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         prep_runs[name] = [run_measured(prep_cmd(corpus, out, workers, threads)) for _ in range(args.reps)]
     prep_s = {name: statistics.median(r[0] for r in runs) for name, runs in prep_runs.items()}
     prep_cpu = {name: Spread.of(r[2] for r in runs) for name, runs in prep_runs.items()}
-    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    from poke_rl.manifest import SPLITS, load_manifest
+
+    manifest = load_manifest(out)
     transitions = manifest["counts"]["transitions"]
-    shard_bytes = sum(e["bytes"] for s in ("train", "val") for e in manifest["splits"][s]["shards"])
+    shard_bytes = sum(e["bytes"] for s in SPLITS for e in manifest["splits"][s]["shards"])
 
     rebuild_times, full_times = [], []
     for rep in range(args.reps):  # another FeatureConfig each time: the shards are always stale
