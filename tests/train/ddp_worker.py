@@ -1,13 +1,14 @@
 """One rank of the torchrun tests in ``test_distributed.py`` (run as a script by torchrun, never
 collected by pytest). Each rank writes what it saw to ``OUT/rankR.pt``; the test compares ranks.
 
-    torchrun --nproc-per-node 2 tests/train/ddp_worker.py gradients OUT
+    torchrun --nproc-per-node 2 tests/train/ddp_worker.py gradients|gradients-compiled OUT
     torchrun --nproc-per-node 2 tests/train/ddp_worker.py train OUT SHARDS OPTIONS_JSON
 
 ``gradients``: BC, IQL and CQL at the default network size, each wrapped by
 ``poke_rl.train.distributed.wrap_for_ranks``; every rank updates on its own batch; rank 0 also
 updates an unwrapped copy (same parameters) on both ranks' batches concatenated, the single-process
-step that the two-rank step must equal. Counts DDP's collectives (a counting comm hook around
+step that the two-rank step must equal (``gradients-compiled``: IQL with ``compile = "always"``,
+the wrapped module compiled, against the eager copy). Counts DDP's collectives (a counting comm hook around
 DDP's own all-reduce) and every ``torch.distributed.all_reduce`` made by Python code.
 
 ``train``: a real ``poke_rl.train.setup(...).run()`` (``"resume": true`` in the options: of the
@@ -90,14 +91,15 @@ def concatenated(batches: list[Batch]) -> Batch:
     return Batch(*(torch.cat(parts) for parts in zip(*batches, strict=True)))
 
 
-def gradients(out: Path) -> None:
+def gradients(out: Path, compiled: bool) -> None:
     world = World.from_env()
     init_process_group(world, torch.device("cpu"))
     spec = Preprocessor().feature_spec()
     counter = Counter()
     report: dict[str, Any] = {}
-    for name in ("bc", "iql", "cql"):
-        algorithm = make_algorithm(name, spec, ModelConfig(), {"seed": world.rank}, "cpu")
+    for name in ("iql",) if compiled else ("bc", "iql", "cql"):
+        options = {"seed": world.rank, "compile": "always" if compiled else False}
+        algorithm = make_algorithm(name, spec, ModelConfig(), options, "cpu")
         sync = wrap_for_ranks(world, algorithm, torch.device("cpu"))  # rank 0's init everywhere
         assert sync is not None
         sync.ddp.register_comm_hook(None, counter.hook)
@@ -159,8 +161,8 @@ def train(out: Path, shards: str, options: dict[str, Any]) -> None:
 def main() -> None:
     torch.set_num_threads(1)
     mode, out = sys.argv[1], Path(sys.argv[2])
-    if mode == "gradients":
-        gradients(out)
+    if mode in ("gradients", "gradients-compiled"):
+        gradients(out, compiled=mode == "gradients-compiled")
     elif mode == "train":
         train(out, sys.argv[3], orjson.loads(sys.argv[4]))
     else:

@@ -79,6 +79,18 @@ def test_ddp_averages_gradients_in_one_collective_per_bucket(tmp_path: Path) -> 
         assert [len(step["buckets"]) for step in report["steps"]] == [1, 2, 2], algo
 
 
+@pytest.mark.slow
+def test_compiled_ddp_keeps_ranks_identical(tmp_path: Path) -> None:
+    """``compile = "always"`` compiles the DDP module (TorchDynamo's DDP optimiser) on gloo."""
+    ranks = torchrun(tmp_path / "out", "gradients-compiled")
+    assert_states_equal(ranks[0]["iql"]["state"], ranks[1]["iql"]["state"])
+    for step in ranks[0]["iql"]["steps"]:
+        assert step["max_grad_error"] < 1e-5, step  # compiled DDP == eager single process
+    for rank in ranks:
+        for step in rank["iql"]["steps"]:
+            assert step["python_all_reduces"] == 0 and 1 <= len(step["buckets"]) <= 2, step
+
+
 @pytest.fixture(scope="module")
 def uneven_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 train shards of 512 transitions: rank 0 is dealt 2 (16 batches of 64), rank 1 one (8)."""
