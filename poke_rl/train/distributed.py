@@ -3,14 +3,14 @@
 
 BC, IQL and CQL each compute all their losses in one function and run one backward per update,
 over several networks with separate optimisers. Wrapping each network on its own would mean
-several DDP forwards per backward (V alone runs twice in IQL's losses, on s and s'), and a
-parameter reached through two wrapped forwards raises DDP's "mark a variable ready only once".
-So ``LossModule`` holds the networks as one module (the same ``nn.Module`` objects, not copies)
+several DDP forwards per backward and wrapper calls inside every loss function, and a parameter
+reached through two wrapped forwards raises DDP's "mark a variable ready only once". So
+``LossModule`` holds the networks as one module (the same ``nn.Module`` objects, not copies)
 and its forward calls ``compute_losses``, which stays untouched; the algorithm's
 ``update`` computes its losses through that wrapped module (``Algorithm.losses_through``), so
 DDP's reducer averages the gradients in buckets (25 MB; the first 1 MB) while ``backward`` is
-still running: one collective per bucket, overlapped with the backward pass, instead of one
-blocking all-reduce per parameter tensor after it.
+still running: one collective per bucket, overlapped with the backward pass (2 per IQL update
+at the default size), instead of one blocking all-reduce per parameter tensor (48).
 
 What stays outside the wrapper: the target networks (Polyak-averaged from the unwrapped online
 networks, never given gradients; broadcast from rank 0 once here), the optimisers, checkpoints
@@ -18,10 +18,12 @@ networks, never given gradients; broadcast from rank 0 once here), the optimiser
 no ``module.`` prefixes and loads into a single process and back), and validation (rank 0, on the
 unwrapped networks, without gradients: no DDP forward, so no reducer state to keep in step).
 
-Every parameter takes part in every loss, so ``find_unused_parameters`` stays off (it would walk
-the autograd graph every step). Buffers (the encoders' column indices) are constants: synced from
-rank 0 at the start, never per forward. ``--compile`` compiles the wrapped module (TorchDynamo's
-DDP optimiser splits the graph at bucket boundaries; it runs on CPU with gloo too).
+Every trained parameter gets a gradient in every update, so ``find_unused_parameters`` stays off
+(it would walk the autograd graph every step; DDP would stop with an error at the next step if a
+parameter ever got none). Buffers (the encoders' column indices) are constants: synced from
+rank 0 at the start, never per forward. An algorithm config's ``compile`` compiles the wrapped
+module (TorchDynamo's DDP optimiser splits the graph at bucket boundaries; on CPU with gloo too).
+The NCCL path (CUDA, ``device_ids`` this rank's card) has not run on GPUs yet.
 """
 
 from __future__ import annotations

@@ -120,9 +120,12 @@ def gradients(out: Path, compiled: bool) -> None:
                     for a, b in zip(parameters(algorithm), parameters(reference), strict=True)
                 )
             steps.append(record)
+        # DDP trains the algorithm's own modules (what checkpoints save and load), not copies
+        wrapped = sync.ddp.module.networks
+        shared = all(wrapped[key] is module for key, module in algorithm.networks().items())
         sync.close()
-        report[name] = {"steps": steps, "tensors": len(parameters(algorithm)),
-                        "state": algorithm.state_dict()}
+        report[name] = {"steps": steps, "tensors": len(parameters(algorithm)), "shared": shared,
+                        "state": algorithm.state_dict(), "reference": reference.state_dict()}
     torch.save(report, out / f"rank{world.rank}.pt")
     dist.destroy_process_group()
 

@@ -66,6 +66,11 @@ def test_ddp_averages_gradients_in_one_collective_per_bucket(tmp_path: Path) -> 
         report, other = ranks[0][algo], ranks[1][algo]
         # rank 1 was built from another seed: DDP started it from rank 0's networks and targets
         assert_states_equal(report["state"], other["state"])
+        # the wrapped algorithm's state has the plain names of an unwrapped one (loads either way)
+        assert report["shared"] and other["shared"]
+        for group in ("networks", "targets"):
+            for key, tensors in report["state"][group].items():
+                assert list(tensors) == list(report["reference"][group][key]), (group, key)
         for step in report["steps"]:
             # the mean of the two ranks' gradients is the gradient of both batches in one
             assert step["max_grad_error"] < 1e-5, (algo, step)
