@@ -311,14 +311,20 @@ def collect(
     server: str = typer.Option(None, help="ws://HOST:PORT of a running server (default: start one)."),
     port: int = typer.Option(None, help="Port of the local server (default: a free one)."),
     seed: int = typer.Option(0, help="Seed of the players' own random choices."),
+    replays: str = typer.Option(
+        None, help="Where each battle's replay JSON goes (default: OUT-replays.jsonl.gz)."),
+    keep_replays: bool = typer.Option(
+        True, "--keep-replays/--no-replays", help="Keep the battles' replay JSON (local server)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Play battles on a local Showdown server and record both players' trajectories."""
+    """Play battles on a local Showdown server and record both players' trajectories and each
+    battle's replay JSON (what `poke-rl convert` rebuilds trajectories from)."""
     from poke_rl.showdown.collect import CollectOptions, run_collect, summary
 
     options = CollectOptions(
         battles=battles, battle_format=battle_format, p1=p1, p2=p2, concurrency=concurrency,
-        server=server, port=port, seed=seed, progress=progress,
+        server=server, port=port, seed=seed, progress=progress, replays=replays,
+        keep_replays=keep_replays,
     )
     typer.echo(summary(run_collect(out, options), options), err=True)
 
