@@ -331,6 +331,25 @@ def collect(
 
 @app.command()
 @handle_errors
+def convert(
+    inputs: list[str] = typer.Argument(
+        ..., help="Replay JSON: .json (one replay or a list), .jsonl (one per line), .gz, .zst, "
+        "or folders of them."),
+    out: Path = typer.Argument(..., help="Output trajectory file (.jsonl or .jsonl.gz)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (each with its own simulator)."),
+    timeout_s: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds per battle."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Re-simulate replays' input logs and write both players' trajectories; rejected replays
+    go to OUT-rejects.jsonl with a reason."""
+    from poke_rl.convert import ConvertOptions, run_convert, summary
+
+    options = ConvertOptions(workers=workers, timeout_s=timeout_s, progress=progress)
+    typer.echo(summary(run_convert(inputs, out, options)), err=True)
+
+
+@app.command()
+@handle_errors
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (RUN/checkpoints/best.pt, ...)."),
     out: Path = typer.Argument(..., help="The policy file to write (POLICY.pt)."),

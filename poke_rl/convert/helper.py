@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-
 import orjson
 
+from poke_rl.convert.reasons import Rejected
 from poke_rl.errors import PokeRLError
-from poke_rl.schema import Rejection
 from poke_rl.showdown.server import find_showdown
 
 RESIM_JS = Path(__file__).resolve().parent / "resim.js"
@@ -47,7 +46,7 @@ class Resimulator:
         return self._proc
 
     def resimulate(self, formatid: str, lines: tuple[str, ...]) -> list[str]:
-        """The chunks the simulator emits for ``lines``; raises ``Rejection`` (resim_failed,
+        """The chunks the simulator emits for ``lines``; raises ``Rejected`` (resim_failed,
         unsupported_format)."""
         proc = self._start()
         request = orjson.dumps({"formatid": formatid, "lines": list(lines)}) + b"\n"
@@ -58,18 +57,18 @@ class Resimulator:
             reply = self._read_line(proc)
         except (BrokenPipeError, OSError) as exc:
             self.close()
-            raise Rejection("resim_failed", f"the node helper stopped: {exc}") from None
+            raise Rejected("resim_failed", f"the node helper stopped: {exc}") from None
         try:
             answer = orjson.loads(reply)
         except orjson.JSONDecodeError:
             self.close()
-            raise Rejection("resim_failed", "the node helper gave a reply that is not JSON") from None
+            raise Rejected("resim_failed", "the node helper gave a reply that is not JSON") from None
         if "error" in answer:
             kind = answer["error"] if answer["error"] == "unsupported_format" else "resim_failed"
-            raise Rejection(kind, str(answer.get("message", ""))[:200])
+            raise Rejected(kind, str(answer.get("message", ""))[:200])
         chunks = answer.get("chunks")
         if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
-            raise Rejection("resim_failed", "the node helper gave no chunks")
+            raise Rejected("resim_failed", "the node helper gave no chunks")
         return chunks
 
     def _read_line(self, proc: subprocess.Popen) -> bytes:
@@ -84,19 +83,19 @@ class Resimulator:
                 left = deadline - time.monotonic()
                 if left <= 0 or not selector.select(left):
                     self.close()
-                    raise Rejection("resim_failed", f"no answer from the simulator in "
+                    raise Rejected("resim_failed", f"no answer from the simulator in "
                                     f"{self.timeout_s:g} s")
                 block = os.read(fd, 1 << 20)
                 if not block:
                     self.close()
-                    raise Rejection("resim_failed", "the node helper exited")
+                    raise Rejected("resim_failed", "the node helper exited")
                 parts.append(block)
                 size += len(block)
                 if block.endswith(b"\n"):
                     return b"".join(parts)
                 if size > MAX_REPLY_BYTES:
                     self.close()
-                    raise Rejection("resim_failed", f"the simulator's output is over "
+                    raise Rejected("resim_failed", f"the simulator's output is over "
                                     f"{MAX_REPLY_BYTES >> 20} MiB")
 
     def close(self) -> None:

@@ -22,7 +22,8 @@ from poke_env.player.battle_order import SingleBattleOrder
 from poke_env.player.player import Player
 
 from poke_rl.convert.inputlog import Choice, InputLog
-from poke_rl.schema import NUM_MOVES, Rejection
+from poke_rl.convert.reasons import Rejected
+from poke_rl.schema import NUM_MOVES
 from poke_rl.showdown.observe import action_mask, build_observation, legal_orders, team_slots
 from poke_rl.showdown.players import trajectory_record, trajectory_step
 
@@ -91,25 +92,43 @@ def comparable(lines: Iterator[str] | list[str]) -> list[str]:
 
 
 def has_result(lines: list[str]) -> bool:
-    return any(line.startswith(("|win|", "|tie")) for line in lines)
+    """A ``|win|NAME`` or ``|tie`` line (not ``|tier|``)."""
+    return any(line.startswith("|win|") or line == "|tie" or line.startswith("|tie|")
+               for line in lines)
+
+
+def simulation_ended(chunks: list[str]) -> bool:
+    """The simulator reached the battle's end (its ``end`` chunk)."""
+    return any(chunk.startswith("end\n") for chunk in chunks)
 
 
 def verify_log(recorded: list[str], chunks: list[str]) -> None:
-    """Rejection ``resim_diverged`` unless the recorded log equals the re-simulated one, the
-    omniscient view or the spectators' (a public replay keeps the latter)."""
+    """Rejected unless the simulation ended and its log equals the recorded one, the omniscient
+    view or the spectators' (a public replay keeps the latter): ``resim_diverged`` when the
+    simulator refused a choice or the logs differ, ``no_result`` when the input log merely stops
+    early (what was simulated is the start of the recorded log)."""
+    for chunk in chunks:
+        kind, _, body = chunk.partition("\n")
+        side, _, message = body.partition("\n")
+        if kind == "sideupdate" and message.startswith("|error|"):
+            raise Rejected("resim_diverged", f"the simulator refused a choice of {side}: "
+                           f"{message[7:100]}")
     expected = comparable(recorded)
+    ended = simulation_ended(chunks)
     first_difference = None
     for channel in (-1, 0):
         produced = comparable(line for body in updates(chunks) for line in channel_lines(body, channel))
         if produced == expected:
             return
+        if not ended and produced == expected[: len(produced)]:
+            raise Rejected("no_result", "the input log stops before the battle ends")
         if first_difference is None:
             first_difference = _first_difference(expected, produced)
-    raise Rejection("resim_diverged", first_difference or "")
+    raise Rejected("resim_diverged", first_difference or "")
 
 
 def _first_difference(expected: list[str], produced: list[str]) -> str:
-    for index, (want, got) in enumerate(zip(expected, produced)):
+    for index, (want, got) in enumerate(zip(expected, produced, strict=False)):
         if want != got:
             return (f"log line {index + 1}: recorded {want[:80]!r}, the simulator gives "
                     f"{got[:80]!r}")
@@ -117,7 +136,7 @@ def _first_difference(expected: list[str], produced: list[str]) -> str:
 
 
 def rebuild(chunks: list[str], log: InputLog, replay_id: str, agents: dict[str, str]) -> Rebuilt:
-    """Both players' trajectories (p1, p2) from the simulator's chunks; raises ``Rejection``."""
+    """Both players' trajectories (p1, p2) from the simulator's chunks; raises ``Rejected``."""
     rebuilt = Rebuilt(records=[])
     for side in ("p1", "p2"):
         record, tera = _rebuild_side(chunks, side, log, replay_id, agents.get(side))
@@ -148,7 +167,7 @@ def _rebuild_side(chunks: list[str], side: str, log: InputLog, replay_id: str,
             if target != side:
                 continue
             if message.startswith("|error|"):
-                raise Rejection("resim_diverged", f"the simulator refused a choice of {side}: "
+                raise Rejected("resim_diverged", f"the simulator refused a choice of {side}: "
                                 f"{message[7:100]}")
             if not message.startswith("|request|"):
                 continue
@@ -158,7 +177,7 @@ def _rebuild_side(chunks: list[str], side: str, log: InputLog, replay_id: str,
             if battle._wait or battle.teampreview:  # noqa: SLF001 - poke-env's own test
                 continue
             if dangling:
-                raise Rejection("choice_count_mismatch",
+                raise Rejected("choice_count_mismatch",
                                 f"{side} was asked to decide again after its input log ran out")
             choice = next(choices, None)
             if choice is None:
@@ -172,23 +191,23 @@ def _rebuild_side(chunks: list[str], side: str, log: InputLog, replay_id: str,
             observation = _guard(build_observation, battle)
             steps.append(trajectory_step(observation, action_mask(legal), index))
     if not ended:
-        raise Rejection("no_result", f"the re-simulated battle has no result for {side}")
+        raise Rejected("no_result", f"the re-simulated battle has no result for {side}")
     left = sum(1 for _ in choices)
     if left:
-        raise Rejection("choice_count_mismatch",
+        raise Rejected("choice_count_mismatch",
                         f"{left} choices of {side} left over after its last request")
     if not steps:
-        raise Rejection("choice_count_mismatch", f"{side} never decided")
+        raise Rejected("choice_count_mismatch", f"{side} never decided")
     return trajectory_record(battle, steps, replay_id, agent), tera
 
 
 def _guard(function: Any, *args: Any) -> Any:
     try:
         return function(*args)
-    except Rejection:
+    except Rejected:
         raise
     except Exception as exc:  # noqa: BLE001 - poke-env on a battle it cannot follow
-        raise Rejection("parse_error", f"poke-env: {type(exc).__name__}: {str(exc)[:120]}") from None
+        raise Rejected("parse_error", f"poke-env: {type(exc).__name__}: {str(exc)[:120]}") from None
 
 
 def _feed(battle: Battle, line: str) -> bool:
@@ -218,7 +237,7 @@ def _move_base(move_id: str) -> str:
 
 
 def choice_action(choice: Choice, battle: Battle, legal: dict[int, SingleBattleOrder]) -> int:
-    """The action index of an input-log choice; raises ``Rejection`` (``unmapped_choice``,
+    """The action index of an input-log choice; raises ``Rejected`` (``unmapped_choice``,
     ``action_not_in_mask``)."""
     if choice.kind == "move":
         wanted = _move_base(choice.move)
@@ -227,23 +246,23 @@ def choice_action(choice: Choice, battle: Battle, legal: dict[int, SingleBattleO
                 return index
         active = battle.active_pokemon
         if active is not None and any(_move_base(m) == wanted for m in active.moves):
-            raise Rejection("action_not_in_mask", f"{choice.side} move {choice.move} is not legal")
-        raise Rejection("unmapped_choice", f"{choice.side} move {choice.move} is not a move slot")
+            raise Rejected("action_not_in_mask", f"{choice.side} move {choice.move} is not legal")
+        raise Rejected("unmapped_choice", f"{choice.side} move {choice.move} is not a move slot")
     if choice.kind == "switch":
         side_entries = (battle.last_request or {}).get("side", {}).get("pokemon", [])
         if choice.position > len(side_entries):
-            raise Rejection("unmapped_choice", f"{choice.side} switch {choice.position}: no such position")
+            raise Rejected("unmapped_choice", f"{choice.side} switch {choice.position}: no such position")
         ident = side_entries[choice.position - 1].get("ident", "")
         target = battle.team.get(_team_key(ident))
         slot = next((i for i, mon in enumerate(team_slots(battle)) if mon is target), None)
         if target is None or slot is None:
-            raise Rejection("unmapped_choice", f"{choice.side} switch {choice.position}: {ident!r} "
+            raise Rejected("unmapped_choice", f"{choice.side} switch {choice.position}: {ident!r} "
                             "is not in the team")
         index = NUM_MOVES + slot
         if index not in legal:
-            raise Rejection("action_not_in_mask", f"{choice.side} switch to slot {slot} is not legal")
+            raise Rejected("action_not_in_mask", f"{choice.side} switch to slot {slot} is not legal")
         return index
-    raise Rejection("unmapped_choice", f"{choice.side} {choice.kind} has no action in the 10-action space")
+    raise Rejected("unmapped_choice", f"{choice.side} {choice.kind} has no action in the 10-action space")
 
 
 def _team_key(ident: str) -> str:

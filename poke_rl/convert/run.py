@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -25,17 +24,14 @@ import orjson
 from poke_rl.console import Progress
 from poke_rl.convert.helper import DEFAULT_TIMEOUT_S, Resimulator
 from poke_rl.convert.inputlog import InputLogError, parse_inputlog
+from poke_rl.convert.reasons import Rejected
 from poke_rl.convert.rebuild import has_result, rebuild, verify_log
 from poke_rl.convert.sources import WHOLE_FILE, RawRecord, read_records, replay_files
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file
-from poke_rl.schema import Rejection
 
 IN_FLIGHT_PER_WORKER = 8
 MAX_ID_CHARS = 200
-REASONS = ("invalid_json", "not_a_battle", "unsupported_format", "no_inputlog", "no_result",
-           "resim_failed", "resim_diverged", "choice_count_mismatch", "unmapped_choice",
-           "action_not_in_mask", "parse_error", "duplicate")
 SPECTATOR_ONLY = ("no input log: a spectator-only replay (choices, move slots and masks are not "
                   "in it) is not convertible exactly")
 
@@ -73,29 +69,29 @@ def rejects_path_for(out: Path) -> Path:
 
 
 def triage(raw: RawRecord, seen: set[str]) -> tuple[str, dict[str, Any]]:
-    """(replay id, replay) of a record worth simulating; raises ``Rejection`` otherwise."""
+    """(replay id, replay) of a record worth simulating; raises ``Rejected`` otherwise."""
     if raw.problem:
-        raise Rejection("invalid_json", raw.problem)
+        raise Rejected("invalid_json", raw.problem)
     replay = raw.value
     if not isinstance(replay, dict):
-        raise Rejection("not_a_battle", f"a JSON {type(replay).__name__}, not a replay object")
+        raise Rejected("not_a_battle", f"a JSON {type(replay).__name__}, not a replay object")
     replay_id = replay.get("id")
     log = replay.get("log")
     if not isinstance(replay_id, str) or not replay_id or len(replay_id) > MAX_ID_CHARS \
             or not replay_id.isprintable():
-        raise Rejection("not_a_battle", "no replay 'id' (a string)")
+        raise Rejected("not_a_battle", "no replay 'id' (a string)")
     if isinstance(log, list) and all(isinstance(line, str) for line in log):
         log = "\n".join(log)
     if not isinstance(log, str) or "|" not in log:
-        raise Rejection("not_a_battle", "no battle 'log'")
+        raise Rejected("not_a_battle", "no battle 'log'")
     if replay_id in seen:
-        raise Rejection("duplicate", f"replay {replay_id!r} was read before")
+        raise Rejected("duplicate", f"replay {replay_id!r} was read before")
     seen.add(replay_id)
     inputlog = replay.get("inputlog", replay.get("inputLog"))
     if isinstance(inputlog, list) and all(isinstance(line, str) for line in inputlog):
         inputlog = "\n".join(inputlog)
     if not isinstance(inputlog, str) or not inputlog.strip():
-        raise Rejection("no_inputlog", SPECTATOR_ONLY)
+        raise Rejected("no_inputlog", SPECTATOR_ONLY)
     specs = replay.get("player_specs")
     agents = {side: name for side, name in specs.items() if isinstance(name, str)} \
         if isinstance(specs, dict) else {}
@@ -103,14 +99,14 @@ def triage(raw: RawRecord, seen: set[str]) -> tuple[str, dict[str, Any]]:
 
 
 def convert_battle(battle: dict[str, Any], simulator: Resimulator) -> tuple[list[bytes], int, int]:
-    """(the two trajectory lines, steps, tera choices) of a triaged replay; raises Rejection."""
+    """(the two trajectory lines, steps, tera choices) of a triaged replay; raises Rejected."""
     try:
         log = parse_inputlog(battle["inputlog"])
     except InputLogError as exc:
-        raise Rejection("resim_failed", f"not fed to the simulator: {exc}") from None
+        raise Rejected("resim_failed", f"not fed to the simulator: {exc}") from None
     recorded = battle["log"].split("\n")
     if not has_result(recorded):
-        raise Rejection("no_result", "the log has no |win| or |tie| line (an unfinished or "
+        raise Rejected("no_result", "the log has no |win| or |tie| line (an unfinished or "
                         "truncated battle)")
     chunks = simulator.resimulate(log.formatid, log.lines)
     verify_log(recorded, chunks)
@@ -125,7 +121,7 @@ Outcome = tuple[str, Any]  # ("ok", (lines, steps, tera)) or ("reject", "code: m
 def _outcome(battle: dict[str, Any], simulator: Resimulator) -> Outcome:
     try:
         return "ok", convert_battle(battle, simulator)
-    except Rejection as rejection:
+    except Rejected as rejection:
         return "reject", str(rejection)
 
 
@@ -175,39 +171,54 @@ def run_convert(inputs: list[str], out: str | Path, options: ConvertOptions) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     result = ConvertResult(out=out, rejects_path=rejects)
     start = time.perf_counter()
-    first_reject = ""
-    with atomic_file(rejects) as rejects_file, atomic_file(out) as raw_out, \
+    nothing: PokeRLError | None = None
+    with atomic_file(rejects) as rejects_file, \
             Progress("convert", _count_records(files), enabled=options.progress) as progress:
-        writer = _gzip_writer(raw_out, out.name.endswith(".gz"))
-        for raw, outcome in _outcomes(files, options):
-            result.replays += 1
-            kind, value = outcome
-            if kind == "ok":
-                lines, steps, tera = value
-                for line in lines:
-                    writer.write(line)
-                    writer.write(b"\n")
-                result.converted += 1
-                result.trajectories += len(lines)
-                result.steps += steps
-                result.tera_choices += tera
-            else:
-                code = value.partition(":")[0]
-                result.rejected[code] = result.rejected.get(code, 0) + 1
-                first_reject = first_reject or f"{raw.file}:{raw.line}: {value}"
-                replay_id = raw.value.get("id") if isinstance(raw.value, dict) else None
-                rejects_file.write(orjson.dumps({
-                    "file": raw.file, "line": raw.line,
-                    "replay_id": replay_id if isinstance(replay_id, str) else None,
-                    "reason": value}) + b"\n")
-            progress.update(completed=result.replays,
-                            info=f"{result.converted / max(time.perf_counter() - start, 1e-9):.1f} battles/s")
-        if writer is not raw_out:
-            writer.close()
-        if result.converted == 0:
-            raise _nothing_converted(result, first_reject)
+        try:
+            with atomic_file(out) as raw_out:
+                first_reject = _write_all(files, options, raw_out, rejects_file, result, progress)
+                if result.converted == 0:  # OUT is not written; the rejects file says why
+                    raise _nothing_converted(result, first_reject)
+        except _NothingConverted as exc:
+            nothing = exc
+    if nothing is not None:
+        raise nothing
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _write_all(files: list[Path], options: ConvertOptions, raw_out: IO[bytes],
+               rejects_file: IO[bytes], result: ConvertResult, progress: Progress) -> str:
+    """Convert every record into ``raw_out``; returns the first reject's description."""
+    start = time.perf_counter()
+    first_reject = ""
+    writer = _gzip_writer(raw_out, result.out.name.endswith(".gz"))
+    for raw, outcome in _outcomes(files, options):
+        result.replays += 1
+        kind, value = outcome
+        if kind == "ok":
+            lines, steps, tera = value
+            for line in lines:
+                writer.write(line)
+                writer.write(b"\n")
+            result.converted += 1
+            result.trajectories += len(lines)
+            result.steps += steps
+            result.tera_choices += tera
+        else:
+            code = value.partition(":")[0]
+            result.rejected[code] = result.rejected.get(code, 0) + 1
+            first_reject = first_reject or f"{raw.file}:{raw.line}: {value}"
+            replay_id = raw.value.get("id") if isinstance(raw.value, dict) else None
+            rejects_file.write(orjson.dumps({
+                "file": raw.file, "line": raw.line,
+                "replay_id": replay_id if isinstance(replay_id, str) else None,
+                "reason": value}) + b"\n")
+        progress.update(completed=result.replays,
+                        info=f"{result.converted / max(time.perf_counter() - start, 1e-9):.1f} battles/s")
+    if writer is not raw_out:
+        writer.close()
+    return first_reject
 
 
 class _NothingConverted(PokeRLError):
@@ -230,7 +241,7 @@ def _outcomes(files: list[Path], options: ConvertOptions) -> Iterator[tuple[RawR
             for raw in read_records(path):
                 try:
                     _, battle = triage(raw, seen)
-                except Rejection as rejection:
+                except Rejected as rejection:
                     yield raw, None, str(rejection)
                     continue
                 yield raw, battle, ""
