@@ -79,7 +79,9 @@ def updates(chunks: list[str]) -> Iterator[str]:
 
 
 def comparable(lines: Iterator[str] | list[str]) -> list[str]:
-    """A log without the lines that are no part of the battle (timestamps, chat, joins)."""
+    """A log's battle lines: without the lines that are no part of the battle (timestamps,
+    chat, joins, the server's notices) and without what follows the result (the server's
+    ``|player|pN|`` when a player leaves the finished battle)."""
     kept = []
     for line in lines:
         if not line:
@@ -88,6 +90,8 @@ def comparable(lines: Iterator[str] | list[str]) -> list[str]:
         if kind in IGNORED_LOG_TYPES:
             continue
         kept.append(line)
+        if kind in RESULT_TYPES:
+            break
     return kept
 
 
@@ -152,7 +156,7 @@ def _rebuild_side(chunks: list[str], side: str, log: InputLog, replay_id: str,
     choices = iter([c for c in log.choices[side] if c.kind != "team"])
     steps: list[dict[str, Any]] = []
     rqid = 0
-    dangling = False  # a decision asked for with no choice left (the battle must end next)
+    dangling = False  # asked to decide with no choice left: only a forfeit may end it then
     tera = 0
     ended = False
     for chunk in chunks:
@@ -181,7 +185,10 @@ def _rebuild_side(chunks: list[str], side: str, log: InputLog, replay_id: str,
                                 f"{side} was asked to decide again after its input log ran out")
             choice = next(choices, None)
             if choice is None:
-                dangling = True
+                if not log.ended_by_command:
+                    raise Rejected("choice_count_mismatch",
+                                   f"{side} was asked to decide after its last choice")
+                dangling = True  # a forfeit (or a forced tie) ended the battle before it chose
                 continue
             legal = _guard(legal_orders, battle)
             if not legal:
