@@ -314,7 +314,7 @@ def collect(
     replays: str = typer.Option(
         None, help="Where each battle's replay JSON goes (default: OUT-replays.jsonl.gz)."),
     keep_replays: bool = typer.Option(
-        True, "--keep-replays/--no-replays", help="Keep the battles' replay JSON (local server)."),
+        True, "--keep-replays/--no-keep-replays", help="Keep the battles' replay JSON (local server)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Play battles on a local Showdown server and record both players' trajectories and each
