@@ -23,6 +23,8 @@ pytest.importorskip("poke_env", reason="poke-env is not installed (pip install p
 from conftest import showdown_missing  # noqa: E402
 
 from poke_rl.convert.helper import Resimulator  # noqa: E402
+from poke_rl.convert.inputlog import parse_inputlog  # noqa: E402
+from poke_rl.convert.reasons import Rejected  # noqa: E402
 from poke_rl.convert.rebuild import channel_lines, updates  # noqa: E402
 from poke_rl.convert.run import convert_battle  # noqa: E402
 from poke_rl.showdown.vocab import default_vocabularies, to_id  # noqa: E402
@@ -215,3 +217,19 @@ def test_a_tie(simulator: Resimulator) -> None:
     records = assert_steps_are_the_choices(replay, decisions, simulator)
     assert [r["total_reward"] for r in records] == [0.0, 0.0]
     assert all(r["steps"][-1]["done"] for r in records)
+
+
+def test_a_slow_simulation_is_killed_and_the_next_battle_gets_a_new_helper() -> None:
+    p1 = [mon("Lapras", "", "Water Absorb", ["surf"], level=100)]
+    p2 = [mon("Pichu", "", "Static", ["charm"], level=5)]
+    with Resimulator() as normal:
+        replay, _ = play(normal, p1, p2, {"p1": Script([]), "p2": Script([])}, seed=[1, 1, 1, 1])
+    log = parse_inputlog(replay["inputlog"])
+    with Resimulator(timeout_s=0.001) as hurried:
+        with pytest.raises(Rejected, match="resim_failed: no answer from the simulator"):
+            hurried.resimulate(FORMAT, log.lines)
+        hurried.timeout_s = 60.0
+        chunks = hurried.resimulate(FORMAT, log.lines)
+    assert any(chunk.startswith("end\n") for chunk in chunks)
+    with Resimulator() as checking, pytest.raises(Rejected, match="unsupported_format"):
+        checking.resimulate("gen9nosuchformat", log.lines)
