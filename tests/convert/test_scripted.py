@@ -233,3 +233,20 @@ def test_a_slow_simulation_is_killed_and_the_next_battle_gets_a_new_helper() -> 
     assert any(chunk.startswith("end\n") for chunk in chunks)
     with Resimulator() as checking, pytest.raises(Rejected, match="unsupported_format"):
         checking.resimulate("gen9nosuchformat", log.lines)
+
+
+def test_nothing_convertible_exits_2_and_keeps_the_rejects(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from poke_rl.cli import app
+
+    source = tmp_path / "trajectories.jsonl"
+    source.write_bytes(b'{"replay_id": "a", "player": "p1", "steps": []}\n{"id": "b"}\n')
+    out = tmp_path / "out.jsonl.gz"
+    result = CliRunner().invoke(app, ["convert", str(source), str(out), "--no-progress"])
+    assert result.exit_code == 2
+    assert "no battle converted: all 2 replays were rejected" in result.output
+    assert not out.exists()
+    rejects = (tmp_path / "out-rejects.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["reason"].partition(":")[0] for line in rejects] == [
+        "not_a_battle", "not_a_battle"]
