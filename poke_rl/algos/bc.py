@@ -24,6 +24,7 @@ from poke_rl.algos.networks import (
     bc_policy_state,
     load_algorithm_state,
     load_module,
+    evaluating,
     make_adam,
     maybe_compile,
     seeded_init,
@@ -61,7 +62,9 @@ class BC:
         self.device = torch.device(device)
         with seeded_init(config.seed):
             self.policy = StateNetwork(feature_spec, model_config, NUM_ACTIONS).to(self.device)
-        self.policy_optimizer = make_adam(self.policy.parameters(), config.lr)
+        self.policy_optimizer = make_adam(
+            self.policy.parameters(), config.lr, model_config.weight_decay
+        )
         self._check = should_check(self.device, config.debug_checks)
         self._losses = maybe_compile(self._compute_losses, config.compile, self.device)
 
@@ -79,6 +82,7 @@ class BC:
         self.policy_optimizer.step()
         return {name: value.detach() for name, value in losses.items()}
 
+    @evaluating
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:
         """accuracy (greedy == data action), entropy of the masked policy, ce (the loss)."""
@@ -91,6 +95,7 @@ class BC:
             "ce": bc_loss(logits, batch.mask, batch.action),
         }
 
+    @evaluating
     @torch.no_grad()
     def greedy_action(
         self, ids: torch.Tensor, num: torch.Tensor, mask: torch.Tensor

@@ -34,6 +34,7 @@ from poke_rl.algos.networks import (
     bc_policy_state,
     load_algorithm_state,
     load_module,
+    evaluating,
     make_adam,
     make_target,
     maybe_compile,
@@ -99,7 +100,9 @@ class CQL:
         with seeded_init(config.seed):
             self.q = TwinQ(feature_spec, model_config).to(self.device)
         self.q_target = make_target(self.q)
-        self.q_optimizer = make_adam(self.q.parameters(), config.lr)
+        self.q_optimizer = make_adam(
+            self.q.parameters(), config.lr, model_config.weight_decay
+        )
         self._check = should_check(self.device, config.debug_checks)
         self._losses = maybe_compile(self.compute_losses, config.compile, self.device)
 
@@ -145,6 +148,7 @@ class CQL:
         polyak_update(self.q_target, self.q, self.config.polyak_tau)
         return {name: value.detach() for name, value in losses.items()}
 
+    @evaluating
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:
         """accuracy of the greedy action, q_data, q_max (legal), td_error, cql_penalty."""
@@ -169,6 +173,7 @@ class CQL:
             ),
         }
 
+    @evaluating
     @torch.no_grad()
     def greedy_action(
         self, ids: torch.Tensor, num: torch.Tensor, mask: torch.Tensor

@@ -37,6 +37,7 @@ from poke_rl.algos.networks import (
     bc_policy_state,
     load_algorithm_state,
     load_module,
+    evaluating,
     make_adam,
     make_target,
     maybe_compile,
@@ -111,9 +112,15 @@ class IQL:
             self.q = TwinQ(feature_spec, model_config).to(self.device)
             self.v = StateNetwork(feature_spec, model_config, 1).to(self.device)
         self.q_target = make_target(self.q)
-        self.v_optimizer = make_adam(self.v.parameters(), config.lr)
-        self.q_optimizer = make_adam(self.q.parameters(), config.lr)
-        self.policy_optimizer = make_adam(self.policy.parameters(), config.lr)
+        self.v_optimizer = make_adam(
+            self.v.parameters(), config.lr, model_config.weight_decay
+        )
+        self.q_optimizer = make_adam(
+            self.q.parameters(), config.lr, model_config.weight_decay
+        )
+        self.policy_optimizer = make_adam(
+            self.policy.parameters(), config.lr, model_config.weight_decay
+        )
         self._check = should_check(self.device, config.debug_checks)
         self._losses = maybe_compile(self.compute_losses, config.compile, self.device)
 
@@ -166,6 +173,7 @@ class IQL:
         polyak_update(self.q_target, self.q, self.config.polyak_tau)
         return {name: value.detach() for name, value in losses.items()}
 
+    @evaluating
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:
         """accuracy, entropy and ce of the policy; q_data, q_max (legal), td_error, v_mean."""
@@ -188,6 +196,7 @@ class IQL:
             "v_mean": self.v(batch.ids, batch.num).mean(),
         }
 
+    @evaluating
     @torch.no_grad()
     def greedy_action(
         self, ids: torch.Tensor, num: torch.Tensor, mask: torch.Tensor

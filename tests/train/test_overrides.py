@@ -4,6 +4,7 @@ warning and the seed of the networks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from poke_rl.algos import ModelConfig
 from poke_rl.algos.schedule import WarmupCosine
 from poke_rl.checkpoint import load_checkpoint
 from poke_rl.cli import app
@@ -95,8 +97,11 @@ def test_set_unknown_top_level_key_lists_the_valid_ones() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ('steps = "20"\n', 'steps must be an integer, got "20"'),
     ("steps = 5\n[modle]\nx = 1\n", "[modle] is not a section; sections: model, iql, cql, bc"),
-    ("[model]\nhidden = [1]\n", "unknown key model.hidden; valid: model.embed_dim, "
-                                "model.hidden_sizes"),
+    ("[model]\nhiden = [1]\n", "unknown key model.hiden; valid: model.dropout, model.embed_dim, "
+                               "model.embed_dropout, model.hidden_sizes, model.weight_decay, "
+                               "model.hidden (= model.hidden_sizes)"),
+    ("[model]\nhidden = [1]\nhidden_sizes = [2]\n", "model.hidden and model.hidden_sizes are "
+                                                    "the same key; set one"),
     ('[model]\nhidden_sizes = [1, "a"]\n', 'model.hidden_sizes must be a list of integers, '
                                            'got [1, "a"]'),
     ("model = 3\n", "model must be a table ([model]), got 3"),
@@ -112,6 +117,19 @@ def test_bad_toml_values_are_one_line(tmp_path: Path, text: str, message: str) -
     assert message in str(caught.value) and "\n" not in str(caught.value)
     if "algo is cql" not in message:
         assert str(caught.value).startswith(f"--config {toml}: ")
+
+
+def test_model_hidden_is_hidden_sizes(tmp_path: Path) -> None:
+    config = resolve_config("S", {}, sets=["model.hidden=[512,512]", "model.dropout=0.1"])
+    assert dict(config.model) == {"hidden_sizes": (512, 512), "dropout": 0.1}
+    toml = tmp_path / "c.toml"
+    toml.write_text("[model]\nhidden = [64]\n")
+    assert dict(resolve_config("S", {}, toml).model) == {"hidden_sizes": (64,)}
+    # the later layer wins whichever name each used
+    later = resolve_config("S", {}, toml, sets=["model.hidden_sizes=[8]"])
+    assert dict(later.model) == {"hidden_sizes": (8,)}
+    with pytest.raises(PokeRLError, match="model.hidden_sizes must be a list of integers, got 512"):
+        resolve_config("S", {}, sets=["model.hidden=512"])
 
 
 def test_integral_float_and_dashes_in_toml(tmp_path: Path) -> None:
@@ -161,7 +179,8 @@ def test_cli_set_is_recorded_in_config_json(synthetic_shards: Path, tmp_path: Pa
     assert saved["model"] == {"embed_dim": 2, "hidden_sizes": [8, 8]}
     assert saved["resolved"]["algo_config"]["beta"] == 30.0
     assert saved["resolved"]["algo_config"]["tau"] == 0.7  # the default, resolved
-    assert saved["resolved"]["model_config"] == {"embed_dim": 2, "hidden_sizes": [8, 8]}
+    resolved_model = {**dataclasses.asdict(ModelConfig()), "embed_dim": 2, "hidden_sizes": [8, 8]}
+    assert saved["resolved"]["model_config"] == resolved_model  # the defaults, resolved
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["algo_config"]["beta"] == 30.0
 
 
