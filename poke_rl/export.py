@@ -117,6 +117,7 @@ def policy_metadata(state: Mapping[str, Any], preprocessor: Preprocessor,
         "num_columns": preprocessor.num_names(),
         "model_config": state["model_config"],
         "algo_config": state["algo_config"],
+        "checkpoint": None,  # the path it was exported from (set by the exporters)
         "checkpoint_sha256": checkpoint_sha256,
         "poke_rl_version": state.get("poke_rl_version"),
     }
@@ -151,7 +152,8 @@ def export_policy(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         for ids in (check[0], check[0].long()):
             if not torch.equal(traced(ids, *check[1:]), module(ids, *check[1:])):
                 raise RuntimeError("the traced policy differs from the checkpoint's networks")
-    metadata = policy_metadata(state, preprocessor, sha256_of(checkpoint))
+    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)),
+                "checkpoint": str(checkpoint)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as handle, _torchscript():
         torch.jit.save(traced, handle, _extra_files={METADATA_FILE: orjson.dumps(metadata)})
@@ -345,7 +347,8 @@ def load_policy(path: str | Path, device: str = "cpu", seed: int = 0) -> Policy:
         )
     if kind == "other":  # a checkpoint (load_algorithm verifies it and refuses anything else)
         state, algorithm = load_algorithm(path, preprocessor, torch_device)
-        metadata = policy_metadata(state, preprocessor, checkpoint_sha256=None)
+        metadata = {**policy_metadata(state, preprocessor, checkpoint_sha256=None),
+                    "checkpoint": str(path)}
         return Policy(masked_logits(algorithm), metadata, preprocessor, torch_device, seed)
     metadata = read_metadata(path)
     check_features(metadata, preprocessor, path)

@@ -90,7 +90,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
             verbose=False,
         )
     proto = program.model_proto
-    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)), "file": "onnx"}
+    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)), "file": "onnx",
+                "checkpoint": str(checkpoint)}
     metadata["inputs"]["ids"]["dtype"] = "int16"
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, orjson.dumps(metadata).decode()

@@ -83,6 +83,11 @@ def test_export_command_by_suffix_and_format(runs: dict[str, Path], tmp_path: Pa
     assert forced.exit_code == 0, forced.output
     assert onnx.load(str(named)).graph.output[0].name == "logits"
     assert read_onnx_metadata(named)["algo"] == "cql"
+    shown = CliRunner().invoke(app, ["inspect", str(out), "--json"])
+    assert shown.exit_code == 0, shown.output
+    summary = orjson.loads(shown.stdout)
+    assert (summary["file"], summary["algo"], summary["step"]) == ("onnx", "bc", 30)
+    assert summary["source_checkpoint"] == str(runs["bc"]) and summary["features_match_installed"]
     bad = CliRunner().invoke(app, ["export", str(runs["cql"]), str(named), "--format", "tflite"])
     assert bad.exit_code == 2 and "--format must be torchscript or onnx" in bad.output
 
