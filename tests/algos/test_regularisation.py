@@ -51,7 +51,7 @@ def test_embed_dropout_drops_embeddings_only_and_only_in_training(spec: FeatureS
 
 
 def test_dropout_keeps_the_state_dict_keys_so_checkpoints_move(spec: FeatureSpec) -> None:
-    plain = StateNetwork(spec, ModelConfig(embed_dim=4, hidden_sizes=(16, 8)), 10)
+    plain = StateNetwork(spec, ModelConfig(embed_dim=4, hidden_sizes=(16, 8), embed_dropout=0.0), 10)
     dropped = StateNetwork(spec, ModelConfig(embed_dim=4, hidden_sizes=(16, 8), dropout=0.3), 10)
     assert list(plain.state_dict()) == list(dropped.state_dict())
     assert "encoder.mlp.2.weight" in plain.state_dict()  # the layout checkpoints already use

@@ -19,8 +19,8 @@ from conftest import showdown_missing  # noqa: E402
 
 from poke_rl.cli import app  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
-from poke_rl.schema import action_index  # noqa: E402
 from poke_rl.export import METADATA_FILE, export_policy, load_policy  # noqa: E402
+from poke_rl.schema import action_index  # noqa: E402
 from poke_rl.showdown.online import parse_opponents  # noqa: E402
 from poke_rl.showdown.players import PlayerSpec, PolicyPlayer  # noqa: E402
 from poke_rl.train import train  # noqa: E402
