@@ -38,9 +38,12 @@ class ModelConfig:
     """
 
     # Defaults measured on the 1,000-battle sample (BENCHMARKS.md, "Against d3rlpy"): 32-dim
-    # embeddings without dropout peaked at step ~1,000 and fell 10 points by 5,000 (val CE
-    # rising); 8 dims with embed_dropout 0.5 held their best to the end.
-    embed_dim: int = 8
+    # id embeddings without dropout peaked at step ~1,000 and fell 10 points by 5,000 (val CE
+    # rising); embed_dropout 0.5 stops that (8 or 16 dims end at their best, ~0.495), but the
+    # numeric features alone (which carry the dex's per-id features) did best: 0.52, level with
+    # or above d3rlpy. So by default the id columns are not embedded (embed_dim 0); a large
+    # corpus may set embed_dim 8..32, where embed_dropout 0.5 applies.
+    embed_dim: int = 0
     hidden_sizes: tuple[int, ...] = (256, 256)
     dropout: float = 0.0
     embed_dropout: float = 0.5
@@ -93,16 +96,18 @@ class StateEncoder(nn.Module):
     """ids int [B, N_ID] and num float32 [B, N_NUM] -> features float32 [B, out_dim].
 
     One ``nn.Embedding`` per vocabulary, shared by every id column of that vocabulary; the
-    gathered embeddings are flattened, concatenated with the numeric features and fed to an MLP
-    with ReLU after every layer.
+    gathered embeddings are flattened (then dropped out by ``embed_dropout`` in training),
+    concatenated with the numeric features and fed to an MLP with ReLU (then ``dropout``) after
+    every layer. ``embed_dim`` 0 (the default) leaves the id columns out: the numeric features
+    alone.
     """
 
     def __init__(self, feature_spec: FeatureSpec, model_config: ModelConfig) -> None:
         super().__init__()
         vocab_order = list(dict.fromkeys(feature_spec.id_vocabs))
         self.vocab_names = tuple(vocab_order)
-        self.embed_dropout = (nn.Dropout(model_config.embed_dropout)
-                              if model_config.embed_dropout > 0 else nn.Identity())
+        dropped = model_config.embed_dropout > 0 and model_config.embed_dim > 0
+        self.embed_dropout = nn.Dropout(model_config.embed_dropout) if dropped else nn.Identity()
         self.embeddings = nn.ModuleDict(
             {
                 name: nn.Embedding(feature_spec.vocab_size(name), model_config.embed_dim)
