@@ -319,3 +319,37 @@ def test_no_progress_still_prints_the_summary(synthetic_shards: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     assert f"done: 2 steps; checkpoints in {tmp_path / 'r' / 'checkpoints'} (best accuracy" in (
         result.output)
+
+
+def test_a_checkpoint_from_before_the_model_options_loads_resumes_and_seeds_bc(
+    synthetic_shards: Path, tmp_path: Path
+) -> None:
+    """An old default run: config ``model = {}`` and a checkpoint whose model_config has only
+    embed_dim 32 and (256, 256). It is read with LEGACY_MODEL's values (no dropout), not today's
+    defaults: it loads, resumes, and initialises a BC run of its sizes."""
+    from poke_rl.checkpoint import save_checkpoint
+    from poke_rl.features import Preprocessor
+    from poke_rl.policy import load_algorithm
+
+    run_dir = tmp_path / "old"
+    options = {"algo": "bc", "steps": 2, "batch_size": 32, "warmup_steps": 1, "eval_every": 0,
+               "save_every": 0, "snapshot_every": 0, "device": "cpu", "progress": False,
+               "run_dir": str(run_dir)}
+    old_model = {"embed_dim": 32, "hidden_sizes": [256, 256]}
+    train(synthetic_shards, {**options, "model": {**old_model, "embed_dropout": 0.0}})
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["model_config"] = dict(old_model)  # what poke-rl wrote before the options existed
+    state["config"] = {**state["config"], "model": {}}
+    save_checkpoint(state, last)
+    _, algorithm = load_algorithm(last, Preprocessor(), torch.device("cpu"))
+    assert algorithm.model_config == ModelConfig(embed_dim=32, embed_dropout=0.0)
+    resumed = train(synthetic_shards, {**options, "steps": 4}, resume=True)
+    assert resumed.step == 4
+    assert load_checkpoint(last)["model_config"]["embed_dropout"] == 0.0
+    tuned = train(synthetic_shards, {**options, "run_dir": str(tmp_path / "tuned"),
+                                     "init_from": str(last), "model": {"embed_dim": 32}})
+    assert tuned.step == 2  # same sizes, another dropout: --init-from accepts it
+    with pytest.raises(PokeRLError, match="set the same `model` sizes"):
+        train(synthetic_shards, {**options, "run_dir": str(tmp_path / "other"),
+                                 "init_from": str(last)})  # today's default: no embeddings
