@@ -27,6 +27,9 @@ from poke_rl.batch import Batch, FeatureSpec
 from poke_rl.schema import NUM_ACTIONS, VOCAB_SIZES
 
 D3RLPY_LABEL = "d3rlpy 2.8.0 DiscreteCQL (n_critics=2)"
+# The network BENCHMARKS.md's speed figures were measured with (the default until issue #23's
+# change to numeric features only): 32-dim embeddings, no dropout, so the figures stay comparable.
+BENCH_MODEL = ModelConfig(embed_dim=32, hidden_sizes=(256, 256), embed_dropout=0.0)
 
 
 def realistic_feature_spec(num_dim: int = 150) -> FeatureSpec:
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(0)
     spec = realistic_feature_spec()
-    model_config = ModelConfig()
+    model_config = BENCH_MODEL
     batch = random_batch(spec, args.batch_size, torch.Generator().manual_seed(0)).to(args.device)
     obs_dim = spec.num_ids * model_config.embed_dim + spec.num_dim
 

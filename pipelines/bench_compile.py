@@ -38,6 +38,7 @@ import torch
 
 from pipelines.bench import cpu_model
 from pipelines.bench_algos import (
+    BENCH_MODEL,
     device_sync,
     random_batch,
     realistic_feature_spec,
@@ -301,7 +302,7 @@ def run(args: argparse.Namespace) -> tuple[list[CompileResult], list[CopyResult]
     batch = random_batch(spec, args.batch_size, torch.Generator().manual_seed(0)).to(device)
     with fresh_inductor_cache():
         updates = measure_updates(
-            args.algos.split(","), spec, ModelConfig(), batch, device,
+            args.algos.split(","), spec, BENCH_MODEL, batch, device,
             updates=args.updates, reps=args.reps, warmup=args.warmup,
         )  # fmt: skip
     skip_reason = copy_skip_reason(device)
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "python -m pipelines.bench_compile " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    model_config = ModelConfig()
+    model_config = BENCH_MODEL
     copies_note = f" and {args.reps} x {args.copies} batch copies" if copies is not None else ""
     print(f"`{command.strip()}`\n")
     print(

@@ -58,6 +58,8 @@ def bench_algo(shards: Path, algo: str, steps: int, log_every: int) -> dict[str,
                 "save_every": steps, "snapshot_every": 0, "eval_batches": 1,
                 "run_dir": str(run_dir / "run"), "device": "cpu", "progress": False,
                 "warmup_steps": 10, "threads": 0,  # 0: keep the --threads set in main()
+                # the model BENCHMARKS.md's figures were measured with (bench_algos.BENCH_MODEL)
+                "model": {"embed_dim": 32, "hidden_sizes": (256, 256), "embed_dropout": 0.0},
             },
         )
         records = [

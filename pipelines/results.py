@@ -58,8 +58,9 @@ CORPORA = {
 # run name -> (algorithm, algorithm options beyond its defaults, network size); IQL and CQL runs
 # start from the BC run of the same network size. iql-beta30: IQL's advantages are small here (sparse
 # +-1 rewards ~25 decisions away), so at the default beta = 3 its AWR weights stay near 1.
-SMALL = {"embed_dim": 16, "hidden_sizes": [128, 128]}  # trains in minutes on 2 CPU cores
-WIDE = {"embed_dim": 32, "hidden_sizes": [256, 256]}  # pipelines/configs/*.toml's size
+# RESULTS.md's runs had no embedding dropout (the default became 0.5 later): pinned at 0.0
+SMALL = {"embed_dim": 16, "hidden_sizes": [128, 128], "embed_dropout": 0.0}  # minutes on 2 cores
+WIDE = {"embed_dim": 32, "hidden_sizes": [256, 256], "embed_dropout": 0.0}  # configs/*.toml's size
 RUNS: dict[str, tuple[str, dict[str, float], dict[str, Any]]] = {
     "bc": ("bc", {}, SMALL),
     "iql": ("iql", {}, SMALL),
@@ -164,6 +165,7 @@ def write_config(root: Path, name: str, steps: int) -> Path:
         "eval_batches = 50", "save_every = 1000", "snapshot_every = 0", 'device = "auto"',
         f'best_metric = "{metric}"', f'best_mode = "{mode}"', "", "[model]",
         f"embed_dim = {model['embed_dim']}", f"hidden_sizes = {model['hidden_sizes']}",
+        f"embed_dropout = {model['embed_dropout']}",  # RESULTS.md's runs had none
     ]
     if params:
         lines += ["", "[algo_params]", *(f"{key} = {value}" for key, value in params.items())]

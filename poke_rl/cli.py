@@ -352,13 +352,26 @@ def convert(
 @handle_errors
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint (RUN/checkpoints/best.pt, ...)."),
-    out: Path = typer.Argument(..., help="The policy file to write (POLICY.pt)."),
+    out: Path = typer.Argument(..., help="The policy file to write (POLICY.pt or POLICY.onnx)."),
+    file_format: str = typer.Option(
+        None, "--format", help="torchscript or onnx (default: onnx for a .onnx name, else "
+        "torchscript). ONNX needs the onnx extra: pip install 'poke-rl[onnx]'.",
+    ),
 ) -> None:
-    """Write a checkpoint's policy as TorchScript: (ids, num, mask) -> masked logits, with its
-    feature spec and fingerprint inside; load it with poke_rl.load_policy or torch.jit.load.
-    The file is a program: share and load it only from trusted sources."""
+    """Write a checkpoint's policy as TorchScript (or ONNX): (ids, num, mask) -> masked logits,
+    with its feature spec and fingerprint inside; load a .pt with poke_rl.load_policy or
+    torch.jit.load, run a .onnx with onnxruntime. A TorchScript file is a program: share and
+    load it only from trusted sources."""
     from poke_rl.export import export_policy, export_summary
 
+    chosen = file_format or ("onnx" if out.suffix.lower() == ".onnx" else "torchscript")
+    if chosen not in ("torchscript", "onnx"):
+        raise PokeRLError(f"--format must be torchscript or onnx, not {file_format!r}")
+    if chosen == "onnx":
+        from poke_rl.export_onnx import export_onnx
+
+        typer.echo(export_summary(export_onnx(checkpoint, out), out), err=True)
+        return
     typer.echo(export_summary(export_policy(checkpoint, out), out), err=True)
 
 

@@ -117,12 +117,13 @@ def policy_metadata(state: Mapping[str, Any], preprocessor: Preprocessor,
         "num_columns": preprocessor.num_names(),
         "model_config": state["model_config"],
         "algo_config": state["algo_config"],
+        "checkpoint": None,  # the path it was exported from (set by the exporters)
         "checkpoint_sha256": checkpoint_sha256,
         "poke_rl_version": state.get("poke_rl_version"),
     }
 
 
-def _example_inputs(preprocessor: Preprocessor, rows: int, seed: int) -> tuple[torch.Tensor, ...]:
+def example_inputs(preprocessor: Preprocessor, rows: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Random in-range ids, numbers and masks (every row with a legal action) for tracing."""
     spec = preprocessor.feature_spec()
     generator = torch.Generator().manual_seed(seed)
@@ -139,31 +140,38 @@ def export_policy(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     returns the metadata. PokeRLError if the checkpoint is unusable, was trained on other
     features, or ``out`` is the checkpoint itself or another kind of file."""
     checkpoint, out = Path(checkpoint), Path(out)
-    if out.is_dir():
-        raise PokeRLError(f"{out} is a folder; give the policy file to write (e.g. {out}/policy.pt)")
-    if out.exists() and (out.resolve() == checkpoint.resolve() or not is_exported_policy(out)):
-        raise PokeRLError(
-            f"{out} exists and is not an exported policy; it is left as it is: choose another name"
-        )
+    check_export_target(checkpoint, out, is_exported_policy)
     preprocessor = Preprocessor()
     state, algorithm = load_algorithm(checkpoint, preprocessor, torch.device("cpu"))
     module = masked_logits(algorithm)
-    example = _example_inputs(preprocessor, rows=8, seed=0)
+    example = example_inputs(preprocessor, rows=8, seed=0)
     with torch.no_grad(), _torchscript():
         traced = torch.jit.trace(module, example, _store_inputs=False)
         # the trace must not have fixed a batch size or an input dtype: check another shape
-        check = _example_inputs(preprocessor, rows=33, seed=1)
+        check = example_inputs(preprocessor, rows=33, seed=1)
         for ids in (check[0], check[0].long()):
             if not torch.equal(traced(ids, *check[1:]), module(ids, *check[1:])):
                 raise RuntimeError("the traced policy differs from the checkpoint's networks")
-    metadata = policy_metadata(state, preprocessor, _sha256(checkpoint))
+    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)),
+                "checkpoint": str(checkpoint)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as handle, _torchscript():
         torch.jit.save(traced, handle, _extra_files={METADATA_FILE: orjson.dumps(metadata)})
     return metadata
 
 
-def _sha256(path: Path) -> str:
+def check_export_target(checkpoint: Path, out: Path, is_policy: Callable[[Path], bool]) -> None:
+    """PokeRLError unless ``out`` is a file name to write: not a folder, not the checkpoint, and
+    if it exists, a policy of the same kind written before (``is_policy``), replaced whole."""
+    if out.is_dir():
+        raise PokeRLError(f"{out} is a folder; give the policy file to write (e.g. {out}/policy.pt)")
+    if out.exists() and (out.resolve() == checkpoint.resolve() or not is_policy(out)):
+        raise PokeRLError(
+            f"{out} exists and is not an exported policy; it is left as it is: choose another name"
+        )
+
+
+def sha256_of(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -173,7 +181,8 @@ def export_summary(metadata: Mapping[str, Any], out: str | Path) -> str:
     return (
         f"wrote {out}: {metadata['algo']} step {metadata['step']} ({metadata['logits']}), "
         f"preprocessor {pre['name']} v{pre['version']} {str(pre['fingerprint'])[:19]}; "
-        "load it with poke_rl.load_policy or torch.jit.load"
+        + ("run it with onnxruntime" if metadata.get("file") == "onnx"
+           else "load it with poke_rl.load_policy or torch.jit.load")
     )
 
 
@@ -338,7 +347,8 @@ def load_policy(path: str | Path, device: str = "cpu", seed: int = 0) -> Policy:
         )
     if kind == "other":  # a checkpoint (load_algorithm verifies it and refuses anything else)
         state, algorithm = load_algorithm(path, preprocessor, torch_device)
-        metadata = policy_metadata(state, preprocessor, checkpoint_sha256=None)
+        metadata = {**policy_metadata(state, preprocessor, checkpoint_sha256=None),
+                    "checkpoint": str(path)}
         return Policy(masked_logits(algorithm), metadata, preprocessor, torch_device, seed)
     metadata = read_metadata(path)
     check_features(metadata, preprocessor, path)

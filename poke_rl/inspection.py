@@ -1,5 +1,5 @@
-"""``poke-rl inspect PATH``: whatever PATH is (a prep output, a run folder, a checkpoint), as a
-table or, with ``--json``, one JSON object on stdout; a wrong kind of path gets a hint instead.
+"""``poke-rl inspect PATH``: whatever PATH is (a prep output, a run folder, a checkpoint, an
+exported policy), as a table or, with ``--json``, one JSON object on stdout; a wrong kind of path gets a hint instead.
 
 A run folder is summarised from its ``config.json``, the last step in ``metrics.jsonl`` and the
 best-checkpoint record of ``checkpoints/last.pt``, and its checkpoints are named, so the next
@@ -46,10 +46,69 @@ def inspect_path(path: str | Path, as_json: bool = False) -> bool:
     if path.name == MANIFEST_NAME:
         raise PokeRLError(f"{path} is a manifest file: pass its folder, "
                           f"`poke-rl inspect {shlex.quote(str(path.parent))}`")  # fmt: skip
+    summary = policy_summary(path)
+    if summary is not None:
+        print_policy(summary, as_json)
+        return True
     from poke_rl.checkpoint import inspect_checkpoint
 
     inspect_checkpoint(path, as_json=as_json)
     return True
+
+
+def policy_summary(path: Path) -> dict[str, Any] | None:
+    """An exported policy (``poke-rl export``: TorchScript, or ONNX with the onnx extra) as plain
+    data, from its metadata alone: no code in the file is loaded or run. None: not one."""
+    from poke_rl.export import is_exported_policy, read_metadata
+    from poke_rl.features import Preprocessor
+
+    if is_exported_policy(path):
+        metadata, kind = read_metadata(path), "torchscript"
+    elif path.suffix.lower() == ".onnx":
+        from poke_rl.export_onnx import read_onnx_metadata
+
+        metadata, kind = read_onnx_metadata(path), "onnx"
+    else:
+        return None
+    pre = metadata.get("preprocessor") or {}
+    installed = Preprocessor()
+    return {
+        "kind": "policy", "path": str(path), "file": kind, "bytes": path.stat().st_size,
+        "algo": metadata.get("algo"), "step": metadata.get("step"),
+        "logits": metadata.get("logits"), "preprocessor": pre,
+        "features_match_installed": (pre.get("fingerprint") == installed.fingerprint
+                                     and metadata.get("feature_spec")
+                                     == installed.feature_spec().to_dict()),
+        "source_checkpoint": metadata.get("checkpoint"),
+        "checkpoint_sha256": metadata.get("checkpoint_sha256"),
+        "model_config": metadata.get("model_config"),
+        "poke_rl_version": metadata.get("poke_rl_version"),
+    }  # fmt: skip
+
+
+def print_policy(summary: dict[str, Any], as_json: bool = False) -> None:
+    """``policy_summary`` as one JSON object or a table."""
+    if as_json:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.markup import escape
+
+    from poke_rl.console import print_table
+
+    pre = summary["preprocessor"]
+    match = ("matches the installed preprocessor" if summary["features_match_installed"] else
+             "differs from the installed preprocessor: load_policy and players refuse it")
+    rows = [
+        ("file", f"{summary['file']} ({summary['bytes']:,} bytes)"),
+        ("algo / step", f"{summary['algo']} at step {summary['step']} ({summary['logits']})"),
+        ("features", escape(f"{pre.get('name')} v{pre.get('version')} {pre.get('fingerprint')}")),
+        ("", match),
+        ("source checkpoint", escape(f"{summary['source_checkpoint'] or '-'} "
+                                     f"({summary['checkpoint_sha256'] or 'no sha256'})")),
+        ("model", escape(orjson.dumps(summary["model_config"]).decode())),
+        ("poke-rl", str(summary["poke_rl_version"])),
+    ]  # fmt: skip
+    print_table(escape(f"exported policy {summary['path']}"), rows)
 
 
 def _last_step(metrics: Path) -> int | None:

@@ -54,10 +54,9 @@ def load_algorithm(
     require_same_features(
         state, preprocessor.fingerprint, feature_spec, f"checkpoint {checkpoint_path}"
     )
-    model = dict(state["model_config"])
-    model["hidden_sizes"] = tuple(model.get("hidden_sizes", ()))
     algorithm = make_algorithm(
-        state["algo"], feature_spec, ModelConfig(**model), state["algo_config"], device
+        state["algo"], feature_spec, ModelConfig.from_saved(state["model_config"]),
+        state["algo_config"], device,
     )
     algorithm.load_state_dict(state["algo_state"])
     return state, algorithm

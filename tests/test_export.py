@@ -221,6 +221,29 @@ def test_export_command(runs: dict[str, Path], tmp_path: Path) -> None:
     assert missing.output.strip().splitlines() == [f"error: checkpoint {tmp_path / 'nope.pt'} does not exist"]
 
 
+def test_inspect_shows_an_exported_policys_metadata(
+    runs: dict[str, Path], exported: dict[str, Path], tmp_path: Path
+) -> None:
+    path = exported["cql"]
+    result = CliRunner().invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = orjson.loads(result.stdout)
+    assert (summary["kind"], summary["file"], summary["algo"], summary["step"]) == (
+        "policy", "torchscript", "cql", 30)
+    assert summary["preprocessor"]["fingerprint"] == Preprocessor().fingerprint
+    assert summary["features_match_installed"] is True
+    assert summary["source_checkpoint"] == str(runs["cql"])
+    assert summary["checkpoint_sha256"] == read_metadata(path)["checkpoint_sha256"]
+    table = CliRunner().invoke(app, ["inspect", str(path)])
+    assert table.exit_code == 0 and "exported policy" in table.output
+    assert "matches the installed preprocessor" in table.output
+    # read from the metadata alone: a file for other features is shown (not loaded), flagged
+    other = {**read_metadata(path)["preprocessor"], "fingerprint": "sha256:" + "5" * 64}
+    stale = _rewrite(path, tmp_path / "stale.pt", preprocessor=other)
+    flagged = orjson.loads(CliRunner().invoke(app, ["inspect", str(stale), "--json"]).stdout)
+    assert flagged["features_match_installed"] is False
+
+
 def test_a_poke_env_player_plays_the_exported_policy(exported: dict[str, Path]) -> None:
     pytest.importorskip("poke_env", reason="poke-env is not installed")
     from poke_env.battle.battle import Battle

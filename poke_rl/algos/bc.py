@@ -23,6 +23,7 @@ from poke_rl.algos.networks import (
     StateNetwork,
     algorithm_state,
     bc_policy_state,
+    evaluating,
     load_algorithm_state,
     load_module,
     make_adam,
@@ -62,7 +63,9 @@ class BC:
         self.device = torch.device(device)
         with seeded_init(config.seed):
             self.policy = StateNetwork(feature_spec, model_config, NUM_ACTIONS).to(self.device)
-        self.policy_optimizer = make_adam(self.policy.parameters(), config.lr)
+        self.policy_optimizer = make_adam(
+            self.policy.parameters(), config.lr, model_config.weight_decay
+        )
         self._check = should_check(self.device, config.debug_checks)
         self.losses_through(None)
 
@@ -88,6 +91,7 @@ class BC:
         self.policy_optimizer.step()
         return {name: value.detach() for name, value in losses.items()}
 
+    @evaluating
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:
         """accuracy (greedy == data action), entropy of the masked policy, ce (the loss)."""
@@ -100,6 +104,7 @@ class BC:
             "ce": bc_loss(logits, batch.mask, batch.action),
         }
 
+    @evaluating
     @torch.no_grad()
     def greedy_action(
         self, ids: torch.Tensor, num: torch.Tensor, mask: torch.Tensor

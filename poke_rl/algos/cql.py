@@ -33,6 +33,7 @@ from poke_rl.algos.networks import (
     TwinQ,
     algorithm_state,
     bc_policy_state,
+    evaluating,
     load_algorithm_state,
     load_module,
     make_adam,
@@ -100,7 +101,9 @@ class CQL:
         with seeded_init(config.seed):
             self.q = TwinQ(feature_spec, model_config).to(self.device)
         self.q_target = make_target(self.q)
-        self.q_optimizer = make_adam(self.q.parameters(), config.lr)
+        self.q_optimizer = make_adam(
+            self.q.parameters(), config.lr, model_config.weight_decay
+        )
         self._check = should_check(self.device, config.debug_checks)
         self.losses_through(None)
 
@@ -153,6 +156,7 @@ class CQL:
         polyak_update(self.q_target, self.q, self.config.polyak_tau)
         return {name: value.detach() for name, value in losses.items()}
 
+    @evaluating
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:
         """accuracy of the greedy action, q_data, q_max (legal), td_error, cql_penalty."""
@@ -177,6 +181,7 @@ class CQL:
             ),
         }
 
+    @evaluating
     @torch.no_grad()
     def greedy_action(
         self, ids: torch.Tensor, num: torch.Tensor, mask: torch.Tensor

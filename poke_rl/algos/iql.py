@@ -36,6 +36,7 @@ from poke_rl.algos.networks import (
     TwinQ,
     algorithm_state,
     bc_policy_state,
+    evaluating,
     load_algorithm_state,
     load_module,
     make_adam,
@@ -112,9 +113,15 @@ class IQL:
             self.q = TwinQ(feature_spec, model_config).to(self.device)
             self.v = StateNetwork(feature_spec, model_config, 1).to(self.device)
         self.q_target = make_target(self.q)
-        self.v_optimizer = make_adam(self.v.parameters(), config.lr)
-        self.q_optimizer = make_adam(self.q.parameters(), config.lr)
-        self.policy_optimizer = make_adam(self.policy.parameters(), config.lr)
+        self.v_optimizer = make_adam(
+            self.v.parameters(), config.lr, model_config.weight_decay
+        )
+        self.q_optimizer = make_adam(
+            self.q.parameters(), config.lr, model_config.weight_decay
+        )
+        self.policy_optimizer = make_adam(
+            self.policy.parameters(), config.lr, model_config.weight_decay
+        )
         self._check = should_check(self.device, config.debug_checks)
         self.losses_through(None)
 
@@ -174,6 +181,7 @@ class IQL:
         polyak_update(self.q_target, self.q, self.config.polyak_tau)
         return {name: value.detach() for name, value in losses.items()}
 
+    @evaluating
     @torch.no_grad()
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:
         """accuracy, entropy and ce of the policy; q_data, q_max (legal), td_error, v_mean."""
@@ -196,6 +204,7 @@ class IQL:
             "v_mean": self.v(batch.ids, batch.num).mean(),
         }
 
+    @evaluating
     @torch.no_grad()
     def greedy_action(
         self, ids: torch.Tensor, num: torch.Tensor, mask: torch.Tensor

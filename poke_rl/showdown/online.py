@@ -125,8 +125,13 @@ def parse_opponents(text: str | Sequence[str]) -> tuple[str, ...]:
     return opponents
 
 
-def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]:
-    """Play ``options.battles`` battles against each opponent; the report as plain data."""
+def run_online(checkpoint: str | Path, options: OnlineOptions,
+               policy: Any | None = None) -> dict[str, Any]:
+    """Play ``options.battles`` battles against each opponent; the report as plain data.
+
+    ``policy``: play this ``(observation, mask) -> action`` object (with ``algo`` and ``step``,
+    e.g. a ``poke_rl.export.Policy``) instead of loading ``checkpoint``, which then only names it
+    in the report (``pipelines/vs_d3rlpy`` plays d3rlpy's networks so)."""
     if options.battles < 1 or options.concurrency < 1:
         raise PokeRLError("--battles and --concurrency must be at least 1")
     opponents = parse_opponents(options.opponents)
@@ -134,7 +139,8 @@ def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]
     import torch
 
     torch.set_num_threads(max(1, options.torch_threads))
-    policy = CheckpointPolicy(checkpoint, options.device)
+    if policy is None:
+        policy = CheckpointPolicy(checkpoint, options.device)
     results: list[OpponentResult] = []
     start = time.perf_counter()
     with server_url(options.server, options.port) as url:
@@ -155,7 +161,7 @@ def run_online(checkpoint: str | Path, options: OnlineOptions) -> dict[str, Any]
     }
 
 
-def _play_opponent(policy: CheckpointPolicy, opponent: str, index: int, url: str,
+def _play_opponent(policy: Any, opponent: str, index: int, url: str,
                    options: OnlineOptions) -> OpponentResult:
     tag = secrets.token_hex(3)  # Showdown names are per server: unique across runs sharing one
     finished: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()

@@ -9,7 +9,8 @@ battle (DESIGN.md "Trajectory JSONL"). Strategies:
 - ``maxpower`` / ``heuristic``: poke-env's MaxBasePowerPlayer / SimpleHeuristicsPlayer.
 - any of them with ``epsilon``: with that probability a uniform legal action instead.
 - ``PolicyPlayer``: any function (observation dict, mask) -> action index, e.g. a trained model;
-  ``PlayerSpec`` builds one from a checkpoint path.
+  ``PlayerSpec`` builds one from a checkpoint path or an exported policy file (``poke-rl
+  export``, read through ``poke_rl.load_policy``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from poke_env.player.player import Player
 
 from poke_rl.checkpoint import verify_checkpoint
 from poke_rl.errors import PokeRLError
+from poke_rl.export import check_features, is_exported_policy, read_metadata
+from poke_rl.features import Preprocessor
 from poke_rl.schema import NUM_MOVES
 from poke_rl.showdown.observe import action_mask, build_observation, legal_orders, order_to_action
 
@@ -215,12 +218,14 @@ CHECKPOINT_SUFFIX = ".pt"
 @dataclass(frozen=True)
 class PlayerSpec:
     """A player, written ``NAME`` or ``NAME:EPSILON``: NAME is a baseline strategy (``random``,
-    ``maxpower``, ``heuristic``) or the path of a trained checkpoint (``...pt``), which plays its
-    greedy masked action, so trained agents can collect data (self-play) and be opponents."""
+    ``maxpower``, ``heuristic``), the path of a trained checkpoint (``...pt``) or of an exported
+    policy (``poke-rl export CKPT POLICY.pt``), which plays its greedy masked action, so trained
+    agents can collect data (self-play) and be opponents."""
 
-    strategy: str  # a key of STRATEGIES, or "policy" for a checkpoint
+    strategy: str  # a key of STRATEGIES, or "policy" for a checkpoint or exported policy
     epsilon: float = 0.0
     checkpoint: str | None = None
+    exported: bool = False  # ``checkpoint`` is an exported policy file (TorchScript)
 
     @classmethod
     def parse(cls, text: str) -> PlayerSpec:
@@ -240,13 +245,17 @@ class PlayerSpec:
         if name.endswith(CHECKPOINT_SUFFIX):
             if not Path(name).is_file():
                 raise PokeRLError(f"player checkpoint {name} does not exist")
-            # a damaged file is refused here, before a server starts or a battle is played
-            # (building the player loads it again through ``load_checkpoint``, which checks too)
+            # a damaged file or one for other features is refused here, before a server starts
+            # or a battle is played (building the player loads it again, checking again)
+            if is_exported_policy(name):
+                check_features(read_metadata(name), Preprocessor(), Path(name))
+                return cls("policy", epsilon, checkpoint=name, exported=True)
             verify_checkpoint(name)
             return cls("policy", epsilon, checkpoint=name)
         raise PokeRLError(
-            f"unknown player {name!r}: use one of {', '.join(STRATEGIES)} or a checkpoint path "
-            f"ending in {CHECKPOINT_SUFFIX}, optionally with ':EPSILON' (e.g. heuristic:0.1)"
+            f"unknown player {name!r}: use one of {', '.join(STRATEGIES)} or a checkpoint or "
+            f"exported policy path ending in {CHECKPOINT_SUFFIX}, optionally with ':EPSILON' "
+            "(e.g. heuristic:0.1)"
         )
 
     @property
@@ -256,6 +265,11 @@ class PlayerSpec:
 
     def build(self, **kwargs: Any) -> RecordingPlayer:
         """A player of this strategy; ``kwargs`` go to ``RecordingPlayer`` and poke-env."""
+        if self.checkpoint is not None and self.exported:
+            from poke_rl.export import load_policy
+
+            return PolicyPlayer(load_policy(self.checkpoint).act, epsilon=self.epsilon,
+                                label=self.label, **kwargs)
         if self.checkpoint is not None:
             from poke_rl.policy import CheckpointPolicy
 

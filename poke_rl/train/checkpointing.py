@@ -86,11 +86,11 @@ def init_from_bc(
     require_same_features(
         state, preprocessor.fingerprint, preprocessor.feature_spec(), f"--init-from {path}"
     )
-    if state["model_config"] != jsonable(dataclasses.asdict(model_config)):
+    saved_shape = ModelConfig.from_saved(state["model_config"]).shape()
+    if saved_shape != model_config.shape():  # dropout and weight decay may differ
         raise PokeRLError(
-            f"--init-from {path} was trained with model {state['model_config']}, this run "
-            f"uses {jsonable(dataclasses.asdict(model_config))}; set the same "
-            "`model` options"
+            f"--init-from {path} was trained with model {saved_shape}, this run uses "
+            f"{model_config.shape()}; set the same `model` sizes"
         )
     algorithm.load_bc(state["algo_state"])
 

@@ -3,7 +3,8 @@
 A training config is a flat table of ``TrainConfig`` fields plus sections: ``[model]``
 (``ModelConfig``), ``[iql]``, ``[cql]``, ``[bc]`` (each algorithm's config) and ``[algo_params]``
 (the chosen algorithm's config, the older spelling). ``--set`` keys are the same names, dotted for
-sections (``steps``, ``model.hidden_sizes``, ``iql.beta``). Every value is checked against its
+sections (``steps``, ``model.hidden_sizes``, ``iql.beta``); ``ALIASES`` are other names of a key
+(``model.hidden`` is ``model.hidden_sizes``). Every value is checked against its
 dataclass field's type here, so a mistake never reaches a dataclass constructor.
 """
 
@@ -25,6 +26,8 @@ from poke_rl.errors import PokeRLError
 # is every optimiser's peak, its ``seed`` the networks' and the data order's.
 TOP_LEVEL_ONLY = frozenset({"lr", "seed"})
 LEGACY_SECTION = "algo_params"
+# Other names a section's key may be given by (the issue's ``model.hidden=[512,512]``).
+ALIASES: dict[str, dict[str, str]] = {"model": {"hidden": "hidden_sizes"}}
 
 
 def toml_module(purpose: str) -> Any:
@@ -182,14 +185,20 @@ def check_table(
 def check_section(name: str, values: Mapping[str, Any], where: str, cls: type | None = None) -> dict[str, Any]:
     """One section's keys and values against its dataclass (``cls``; by default the section's)."""
     types_ = field_types(cls or section_classes()[name])
-    out = {}
-    for key, value in values.items():
+    aliases = ALIASES.get(name, {}) if cls is None else {}
+    out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for given, value in values.items():
+        key = aliases.get(given, given)
+        if key in given_as:
+            raise PokeRLError(f"{where}: {name}.{given_as[key]} and {name}.{given} are the same "
+                              "key; set one")
+        given_as[key] = given
         if key not in types_:
             hint = " (set it at the top level)" if key in TOP_LEVEL_ONLY else ""
-            raise PokeRLError(
-                f"{where}: unknown key {name}.{key}{hint}; valid: "
-                + ", ".join(f"{name}.{k}" for k in sorted(types_))
-            )
+            valid = [f"{name}.{k}" for k in sorted(types_)]
+            valid += [f"{name}.{a} (= {name}.{k})" for a, k in sorted(aliases.items())]
+            raise PokeRLError(f"{where}: unknown key {name}.{key}{hint}; valid: " + ", ".join(valid))
         try:
             out[key] = check(f"{name}.{key}", value, types_[key])
         except PokeRLError as exc:
@@ -247,7 +256,7 @@ def parse_sets(items: Sequence[str], top_types: Mapping[str, Any]) -> dict[str, 
                 f"{where}: {section} is not a section; sections: {', '.join(sections)}"
             )
         types_ = field_types(sections[section])
-        hint = types_.get(name)
+        hint = types_.get(ALIASES.get(section, {}).get(name, name))
         value = parse_value(text, hint) if hint is not None else text
         checked = check_section(section, {name: value}, where)
         out.setdefault(section, {}).update(checked)

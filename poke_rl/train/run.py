@@ -159,8 +159,9 @@ def _setup_algorithm(
     """The algorithm from the seed (identical on every rank), or from BC with ``init_from``."""
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    try:
-        model_config = ModelConfig(**dict(config.model))
+    try:  # a resumed run keeps its checkpoint's model (one saved before a field existed too)
+        model_config = (ModelConfig(**dict(config.model)) if saved is None
+                        else ModelConfig.from_saved(saved["model_config"]))
     except TypeError as exc:
         raise PokeRLError(f"bad model options {dict(config.model)}: {exc}") from None
     algorithm = make_algorithm(

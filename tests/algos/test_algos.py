@@ -19,8 +19,8 @@ from poke_rl.errors import PokeRLError
 
 torch.set_num_threads(1)
 
-TABULAR = ModelConfig(embed_dim=1, hidden_sizes=())
-SMALL = ModelConfig(embed_dim=4, hidden_sizes=(32, 32))
+TABULAR = ModelConfig(embed_dim=1, hidden_sizes=(), embed_dropout=0.0)
+SMALL = ModelConfig(embed_dim=4, hidden_sizes=(32, 32), embed_dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +324,8 @@ def deterministic_policy_batch(rows: int, seed: int) -> Batch:
 
 def test_bc_learns_a_deterministic_legal_policy() -> None:
     spec = FeatureSpec(("species",), (("species", 16),), 2)
-    bc = make_algorithm("bc", spec, ModelConfig(embed_dim=8, hidden_sizes=(32,)), {"lr": 0.01})
+    model = ModelConfig(embed_dim=8, hidden_sizes=(32,), embed_dropout=0.0)
+    bc = make_algorithm("bc", spec, model, {"lr": 0.01})
     train_batch = deterministic_policy_batch(2048, seed=0)
     train(bc, train_batch, 300)
     test_batch = deterministic_policy_batch(2048, seed=1)
@@ -534,7 +535,7 @@ def test_load_bc_initialises_policy_and_encoders(spec: FeatureSpec) -> None:
             for a, b in zip(head.encoder.parameters(), bc.policy.encoder.parameters(), strict=True):
                 assert torch.equal(a, b)
 
-    other = make_algorithm("iql", spec, ModelConfig(embed_dim=4, hidden_sizes=(16,)))
+    other = make_algorithm("iql", spec, ModelConfig(embed_dim=4, hidden_sizes=(16,), embed_dropout=0.0))
     with pytest.raises(PokeRLError, match="BC policy does not fit this model"):
         other.load_bc(bc_state)
     with pytest.raises(PokeRLError, match="expected a BC state"):

@@ -50,7 +50,7 @@ def masked_logits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_encoder_shares_one_embedding_per_vocabulary(spec: FeatureSpec) -> None:
-    encoder = StateEncoder(spec, ModelConfig(embed_dim=3, hidden_sizes=()))
+    encoder = StateEncoder(spec, ModelConfig(embed_dim=3, hidden_sizes=(), embed_dropout=0.0))
     assert sorted(encoder.embeddings) == ["move", "species", "weather"]
     assert encoder.embeddings["species"].weight.shape == (7, 3)
     assert encoder.out_dim == 4 * 3 + 2
@@ -66,7 +66,7 @@ def test_encoder_shares_one_embedding_per_vocabulary(spec: FeatureSpec) -> None:
 
 
 def test_encoder_mlp_and_gradients_reach_shared_embeddings(spec: FeatureSpec) -> None:
-    network = StateNetwork(spec, ModelConfig(embed_dim=4, hidden_sizes=(16, 8)), 10)
+    network = StateNetwork(spec, ModelConfig(embed_dim=4, hidden_sizes=(16, 8), embed_dropout=0.0), 10)
     ids = torch.tensor([[1, 0, 3, 2], [5, 1, 5, 0]], dtype=torch.int16)
     out = network(ids, torch.zeros(2, 2))
     assert out.shape == (2, 10) and out.dtype == torch.float32
@@ -199,11 +199,11 @@ def test_expectile_regression_recovers_bernoulli_expectile(p: float, tau: float)
 
 
 def test_load_module_names_the_mismatch(spec: FeatureSpec) -> None:
-    small = StateNetwork(spec, ModelConfig(embed_dim=3, hidden_sizes=(8,)), 10)
-    large = StateNetwork(spec, ModelConfig(embed_dim=3, hidden_sizes=(16,)), 10)
+    small = StateNetwork(spec, ModelConfig(embed_dim=3, hidden_sizes=(8,), embed_dropout=0.0), 10)
+    large = StateNetwork(spec, ModelConfig(embed_dim=3, hidden_sizes=(16,), embed_dropout=0.0), 10)
     with pytest.raises(PokeRLError, match=r"does not fit this model .*encoder\.mlp\.0\.weight"):
         load_module(large, small.state_dict(), "BC policy")
-    copy = StateNetwork(spec, ModelConfig(embed_dim=3, hidden_sizes=(8,)), 10)
+    copy = StateNetwork(spec, ModelConfig(embed_dim=3, hidden_sizes=(8,), embed_dropout=0.0), 10)
     load_module(copy, small.state_dict(), "BC policy")
     assert all(
         torch.equal(a, b) for a, b in zip(copy.parameters(), small.parameters(), strict=True)

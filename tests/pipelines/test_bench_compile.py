@@ -18,7 +18,7 @@ from pipelines.bench import RECIPES, cpu_model
 from pipelines.bench_algos import random_batch, realistic_feature_spec, time_interleaved
 from pipelines.stats import SPREAD_HEADER, Spread, spread_text
 from poke_rl.algos import make_algorithm
-from poke_rl.algos.networks import ModelConfig, maybe_compile
+from poke_rl.algos.networks import maybe_compile
 from poke_rl.errors import PokeRLError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device present")
@@ -124,7 +124,7 @@ def test_compiled_and_eager_bc_agree_on_the_first_update(cpu_run: tuple) -> None
     # The eager figure is exactly BC's first loss on the recipe's batch (same seeds, rebuilt here).
     spec = realistic_feature_spec()
     batch = random_batch(spec, 16, torch.Generator().manual_seed(0))
-    expected = make_algorithm("bc", spec, ModelConfig(), {}, "cpu").update(batch)["loss"].item()
+    expected = make_algorithm("bc", spec, bench_algos.BENCH_MODEL, {}, "cpu").update(batch)["loss"].item()
     assert result.eager_metrics["loss"] == pytest.approx(expected, rel=1e-6)
     assert result.compiled_metrics["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert math.isfinite(expected) and expected > 0.0

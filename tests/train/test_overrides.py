@@ -4,6 +4,7 @@ warning and the seed of the networks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from poke_rl.algos import ModelConfig
 from poke_rl.algos.schedule import WarmupCosine
 from poke_rl.checkpoint import load_checkpoint
 from poke_rl.cli import app
@@ -95,8 +97,11 @@ def test_set_unknown_top_level_key_lists_the_valid_ones() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ('steps = "20"\n', 'steps must be an integer, got "20"'),
     ("steps = 5\n[modle]\nx = 1\n", "[modle] is not a section; sections: model, iql, cql, bc"),
-    ("[model]\nhidden = [1]\n", "unknown key model.hidden; valid: model.embed_dim, "
-                                "model.hidden_sizes"),
+    ("[model]\nhiden = [1]\n", "unknown key model.hiden; valid: model.dropout, model.embed_dim, "
+                               "model.embed_dropout, model.hidden_sizes, model.weight_decay, "
+                               "model.hidden (= model.hidden_sizes)"),
+    ("[model]\nhidden = [1]\nhidden_sizes = [2]\n", "model.hidden and model.hidden_sizes are "
+                                                    "the same key; set one"),
     ('[model]\nhidden_sizes = [1, "a"]\n', 'model.hidden_sizes must be a list of integers, '
                                            'got [1, "a"]'),
     ("model = 3\n", "model must be a table ([model]), got 3"),
@@ -112,6 +117,19 @@ def test_bad_toml_values_are_one_line(tmp_path: Path, text: str, message: str) -
     assert message in str(caught.value) and "\n" not in str(caught.value)
     if "algo is cql" not in message:
         assert str(caught.value).startswith(f"--config {toml}: ")
+
+
+def test_model_hidden_is_hidden_sizes(tmp_path: Path) -> None:
+    config = resolve_config("S", {}, sets=["model.hidden=[512,512]", "model.dropout=0.1"])
+    assert dict(config.model) == {"hidden_sizes": (512, 512), "dropout": 0.1}
+    toml = tmp_path / "c.toml"
+    toml.write_text("[model]\nhidden = [64]\n")
+    assert dict(resolve_config("S", {}, toml).model) == {"hidden_sizes": (64,)}
+    # the later layer wins whichever name each used
+    later = resolve_config("S", {}, toml, sets=["model.hidden_sizes=[8]"])
+    assert dict(later.model) == {"hidden_sizes": (8,)}
+    with pytest.raises(PokeRLError, match="model.hidden_sizes must be a list of integers, got 512"):
+        resolve_config("S", {}, sets=["model.hidden=512"])
 
 
 def test_integral_float_and_dashes_in_toml(tmp_path: Path) -> None:
@@ -161,7 +179,8 @@ def test_cli_set_is_recorded_in_config_json(synthetic_shards: Path, tmp_path: Pa
     assert saved["model"] == {"embed_dim": 2, "hidden_sizes": [8, 8]}
     assert saved["resolved"]["algo_config"]["beta"] == 30.0
     assert saved["resolved"]["algo_config"]["tau"] == 0.7  # the default, resolved
-    assert saved["resolved"]["model_config"] == {"embed_dim": 2, "hidden_sizes": [8, 8]}
+    resolved_model = {**dataclasses.asdict(ModelConfig()), "embed_dim": 2, "hidden_sizes": [8, 8]}
+    assert saved["resolved"]["model_config"] == resolved_model  # the defaults, resolved
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["algo_config"]["beta"] == 30.0
 
 
@@ -300,3 +319,37 @@ def test_no_progress_still_prints_the_summary(synthetic_shards: Path, tmp_path: 
     assert result.exit_code == 0, result.output
     assert f"done: 2 steps; checkpoints in {tmp_path / 'r' / 'checkpoints'} (best accuracy" in (
         result.output)
+
+
+def test_a_checkpoint_from_before_the_model_options_loads_resumes_and_seeds_bc(
+    synthetic_shards: Path, tmp_path: Path
+) -> None:
+    """An old default run: config ``model = {}`` and a checkpoint whose model_config has only
+    embed_dim 32 and (256, 256). It is read with LEGACY_MODEL's values (no dropout), not today's
+    defaults: it loads, resumes, and initialises a BC run of its sizes."""
+    from poke_rl.checkpoint import save_checkpoint
+    from poke_rl.features import Preprocessor
+    from poke_rl.policy import load_algorithm
+
+    run_dir = tmp_path / "old"
+    options = {"algo": "bc", "steps": 2, "batch_size": 32, "warmup_steps": 1, "eval_every": 0,
+               "save_every": 0, "snapshot_every": 0, "device": "cpu", "progress": False,
+               "run_dir": str(run_dir)}
+    old_model = {"embed_dim": 32, "hidden_sizes": [256, 256]}
+    train(synthetic_shards, {**options, "model": {**old_model, "embed_dropout": 0.0}})
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    state["model_config"] = dict(old_model)  # what poke-rl wrote before the options existed
+    state["config"] = {**state["config"], "model": {}}
+    save_checkpoint(state, last)
+    _, algorithm = load_algorithm(last, Preprocessor(), torch.device("cpu"))
+    assert algorithm.model_config == ModelConfig(embed_dim=32, embed_dropout=0.0)
+    resumed = train(synthetic_shards, {**options, "steps": 4}, resume=True)
+    assert resumed.step == 4
+    assert load_checkpoint(last)["model_config"]["embed_dropout"] == 0.0
+    tuned = train(synthetic_shards, {**options, "run_dir": str(tmp_path / "tuned"),
+                                     "init_from": str(last), "model": {"embed_dim": 32}})
+    assert tuned.step == 2  # same sizes, another dropout: --init-from accepts it
+    with pytest.raises(PokeRLError, match="set the same `model` sizes"):
+        train(synthetic_shards, {**options, "run_dir": str(tmp_path / "other"),
+                                 "init_from": str(last)})  # today's default: no embeddings
