@@ -39,6 +39,9 @@ from poke_rl.world import World, init_process_group
 
 STEPS = 3
 BATCH = 32
+# Id embeddings on (the default model has none) and no dropout: every parameter kind goes through
+# the buckets, and both ranks and the one-process reference draw no random masks.
+MODEL = ModelConfig(embed_dim=32, embed_dropout=0.0)
 
 
 class Counter:
@@ -70,6 +73,7 @@ class Counter:
         return taken
 
 
+
 def random_batch(rows: int, step: int, rank: int, spec: Any) -> Batch:
     """A valid batch drawn from (step, rank): every rank can build every rank's batch."""
     g = torch.Generator().manual_seed(1000 * step + rank)
@@ -99,11 +103,11 @@ def gradients(out: Path, compiled: bool) -> None:
     report: dict[str, Any] = {}
     for name in ("iql",) if compiled else ("bc", "iql", "cql"):
         options = {"seed": world.rank, "compile": "always" if compiled else False}
-        algorithm = make_algorithm(name, spec, ModelConfig(), options, "cpu")
+        algorithm = make_algorithm(name, spec, MODEL, options, "cpu")
         sync = wrap_for_ranks(world, algorithm, torch.device("cpu"))  # rank 0's init everywhere
         assert sync is not None
         sync.ddp.register_comm_hook(None, counter.hook)
-        reference = make_algorithm(name, spec, ModelConfig(), {"seed": 0}, "cpu")
+        reference = make_algorithm(name, spec, MODEL, {"seed": 0}, "cpu")
         steps = []
         for step in range(STEPS):
             # the same parameters and Adam state now (a copy: Adam would share the tensors)
