@@ -469,6 +469,11 @@ def _complete(members: dict[str, np.ndarray], label: str, key: str | None) -> Bl
         action = transitions["action"]
         if action.min() < 0 or action.max() >= NUM_ACTIONS:
             raise ShardError(f"{where} holds actions outside 0..{NUM_ACTIONS - 1} (corrupt)")
+        if transitions["done"].max() > 1:
+            raise ShardError(f"{where} holds a done flag other than 0 or 1 (corrupt)")
+    for name in ("flags", "mask"):  # decoded as booleans and 0/1 numbers: nothing else is data
+        if len(states) and states[name].size and states[name].max() > 1:
+            raise ShardError(f"{where} holds a {name} byte other than 0 or 1 (corrupt)")
     for what, array in (("reward (transition", transitions["reward"]), ("state feature (state", states["full"]),
                         ("state feature (state", states["half"])):  # fmt: skip
         rows = non_finite_rows(array)

@@ -5,9 +5,11 @@ into one fresh uint8 tensor, in shared memory when a DataLoader worker makes it,
 the main process, pinning it and copying it to the device are one operation each. A batch of B
 rows holds, as bytes: the 2B state rows it refers to (its B states, then its B next states) in
 the block's state dtype (``storage.states_dtype``), then its B transition records
-(``storage.TRANSITION_DTYPE``). Per piece that is three row takes of cached per-block byte views
-(the transition records, the states at their ``row``, the states at their ``next_row``); nothing
-about the layout is rebuilt per batch.
+(``storage.TRANSITION_DTYPE``) as ``action`` int64, ``reward`` float32 and ``done`` bool (13 bytes of
+~730 per row: written in their final dtypes, so the device makes no view of them but one each).
+Per piece that is three row takes of cached per-block byte views (the transition records into a
+scratch array, the states at their ``row``, the states at their ``next_row``), per batch three
+field copies; nothing about the layout is rebuilt per batch.
 
 ``PackedBatch.unpack`` decodes those bytes on their device into today's ``Batch``: float32 ``num``
 in feature order (float16 and uint8 columns cast by torch: on a GPU after the copy, which moves
@@ -29,14 +31,13 @@ from poke_rl.loader.stages import Block, rows_len
 from poke_rl.shards import ShardError
 
 _ALIGN_BYTES = 64
-_TRANSITION_BYTES = storage.TRANSITION_DTYPE.itemsize
-_ACTION = storage.TRANSITION_DTYPE.fields["action"][1]
-_DONE = storage.TRANSITION_DTYPE.fields["done"][1]
+_PER_TRANSITION_BYTES = 8 + 4 + 1  # action int64, reward float32, done bool, per row
 
 
 class BatchLayout(NamedTuple):
     """Where a batch's arrays lie in its bytes: ``rows``, the state row's bytes, the byte offset
-    of the transition records, the state groups' (byte offset, width) and ``num_order``."""
+    of ``action`` (int64 [B]; ``reward`` float32 [B] and ``done`` bool [B] follow it), the state
+    groups' (byte offset, width) and ``num_order``."""
 
     rows: int
     state_bytes: int
@@ -50,7 +51,7 @@ class BatchLayout(NamedTuple):
 
     @property
     def nbytes(self) -> int:
-        end = self.transitions_offset + self.rows * _TRANSITION_BYTES
+        end = self.transitions_offset + self.rows * _PER_TRANSITION_BYTES
         return -(-end // _ALIGN_BYTES) * _ALIGN_BYTES
 
 
@@ -60,7 +61,7 @@ def batch_layout(rows: int, key: tuple[tuple[int, int, int, int], int, bytes]) -
     (full, half, ids, flags), state_bytes, num_order = key
     dtype = storage.states_dtype(full, half, ids, flags)
     groups = {name: (dtype.fields[name][1], dtype.fields[name][0].shape[0]) for name in storage.STATE_FIELDS}
-    states_end = 2 * rows * state_bytes
+    states_end = 2 * rows * state_bytes  # a multiple of 4 (the state row's padding), so 8-aligned
     return BatchLayout(rows, state_bytes, -(-states_end // _ALIGN_BYTES) * _ALIGN_BYTES, groups["full"],
                        groups["half"], groups["ids"], groups["flags"], groups["mask"], num_order)  # fmt: skip
 
@@ -102,20 +103,22 @@ def decode(data: torch.Tensor, layout: BatchLayout) -> Batch:
         start, count = place
         return states[:, start : start + count * itemsize].view(dtype)
 
-    stored = torch.cat([
-        group(layout.full, torch.float32, 4), group(layout.half, torch.float16, 2).float(),
-        group(layout.flags, torch.uint8, 1).float(),
-    ], dim=1)  # fmt: skip
+    # the stored columns side by side (copy_ casts as it copies; measured ~1.4x faster than
+    # torch.cat of cast groups on CPU), then one gather of the columns into feature order
+    full, half, flags = layout.full[1], layout.half[1], layout.flags[1]
+    stored = torch.empty(2 * rows, full + half + flags, dtype=torch.float32, device=data.device)
+    stored[:, :full].copy_(group(layout.full, torch.float32, 4))
+    stored[:, full : full + half].copy_(group(layout.half, torch.float16, 2))
+    stored[:, full + half :].copy_(group(layout.flags, torch.uint8, 1))
     num = stored.index_select(1, _inverse_order(layout.num_order, data.device))
     ids = group(layout.ids, torch.int16, 2).contiguous()
-    mask = group(layout.mask, torch.uint8, 1) != 0
+    # 0/1 bytes (checked on read) viewed as bool: ``!= 0`` on this strided view costs ~20x more
+    mask = group(layout.mask, torch.uint8, 1).view(torch.bool).contiguous()
     start = layout.transitions_offset
-    records = data[start : start + rows * _TRANSITION_BYTES].view(rows, _TRANSITION_BYTES)
-    reward = records[:, :4].contiguous().view(torch.float32).view(rows)
-    return Batch(
-        ids[:rows], num[:rows], ids[rows:], num[rows:], records[:, _ACTION].long(), reward,
-        records[:, _DONE] != 0, mask[:rows], mask[rows:],
-    )  # fmt: skip
+    action = data[start : start + 8 * rows].view(torch.int64)
+    reward = data[start + 8 * rows : start + 12 * rows].view(torch.float32)
+    done = data[start + 12 * rows : start + 13 * rows].view(torch.bool)  # 0/1: checked on read
+    return Batch(ids[:rows], num[:rows], ids[rows:], num[rows:], action, reward, done, mask[:rows], mask[rows:])
 
 
 class PackedGroup(NamedTuple):
@@ -167,22 +170,26 @@ def gather_group(
     for pieces, (base, _, rows, layout) in zip(batches, parts, strict=True):
         width = layout.state_bytes
         states = buffer[base : base + 2 * rows * width].reshape(2 * rows, width)
-        start = base + layout.transitions_offset
-        records = buffer[start : start + rows * _TRANSITION_BYTES].reshape(rows, _TRANSITION_BYTES)
+        records = np.empty(rows, dtype=storage.TRANSITION_DTYPE)
+        record_bytes = records.view(np.uint8).reshape(rows, storage.TRANSITION_DTYPE.itemsize)
         row = 0
         for block, order in pieces:
             count = rows_len(order)
-            out = records[row : row + count]
+            out = record_bytes[row : row + count]
             if isinstance(order, slice):
                 out[...] = block.transition_bytes[order]
             else:
                 np.take(block.transition_bytes, order, axis=0, out=out, mode="clip")
             # indices were checked against the block when it was read (shards.iter_blocks)
-            taken = out.view(storage.TRANSITION_DTYPE).reshape(count)
+            taken = records[row : row + count]
             np.take(block.state_bytes, taken["row"], axis=0, out=states[row : row + count], mode="clip")
             np.take(block.state_bytes, taken["next_row"], axis=0, out=states[rows + row : rows + row + count],
                     mode="clip")  # fmt: skip
             row += count
+        start = base + layout.transitions_offset
+        buffer[start : start + 8 * rows].view(np.int64)[:] = records["action"]
+        buffer[start + 8 * rows : start + 12 * rows].view(np.float32)[:] = records["reward"]
+        buffer[start + 12 * rows : start + 13 * rows] = records["done"]
     return PackedGroup(data, tuple(parts), worker, skipped)
 
 
