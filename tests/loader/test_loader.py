@@ -314,6 +314,7 @@ def test_device_loader_on_cpu(output: Path) -> None:
     got = list(plain)
     assert_same(got, expected)
     assert not any(t.is_pinned() for t in got[0])
+    assert plain.background == 0  # no producer thread on a CPU device: measured not to pay
     assert (plain.epoch, plain.skipped_shards) == (0, 0)
     plain.set_epoch(3)
     assert plain.epoch == plain.loader.epoch == 3 and plain.state_dict()["batches_done"] == 0
@@ -364,7 +365,7 @@ def test_device_loader_background_thread_keeps_order_and_position(
 
 def test_device_loader_background_thread_raises_the_producers_error(output: Path) -> None:
     config = L.LoaderConfig(batch_size=16, seed=2)
-    device_loader = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu")
+    device_loader = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu", background=2)
 
     def failing() -> Iterator[Any]:
         yield from itertools.islice(L.train_loader(output, FINGERPRINT, config).packed(), 2)

@@ -31,11 +31,11 @@ from pipelines.generate import BAD_KINDS, GenConfig, battle_records, iter_lines 
 from poke_rl import schema, shards  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
 from poke_rl.features import FeatureConfig, Preprocessor  # noqa: E402
-from poke_rl.manifest import inspect_shards  # noqa: E402
 from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
 from poke_rl.prep import build as prep_build  # noqa: E402
 from poke_rl.prep.columnar import parse_chunk, trajectory_key  # noqa: E402
 from poke_rl.prep.steps import explode  # noqa: E402
+from poke_rl.shard_inspection import inspect_shards  # noqa: E402
 from poke_rl.storage import decode_states  # noqa: E402
 
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
