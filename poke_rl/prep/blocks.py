@@ -44,19 +44,31 @@ def _masks(table: pa.Table, name: str) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), schema.NUM_ACTIONS)
 
 
-def state_rows(table: pa.Table, starts: np.ndarray, lengths: np.ndarray, preprocessor: Preprocessor) -> np.ndarray:
+def truncated_last_rows(table: pa.Table, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The last row of each trajectory that does not end in a terminal (its next state is real)."""
+    last = starts + lengths - 1
+    done = table.column("done").combine_chunks().to_numpy(zero_copy_only=False).astype(bool)
+    return last[~done[last]]
+
+
+def state_rows(
+    table: pa.Table, starts: np.ndarray, lengths: np.ndarray, preprocessor: Preprocessor, tails: pa.Table
+) -> np.ndarray:
     """The encoded states of a part: one per transition row (its ``obs_``), then one per
-    trajectory (its last row's ``next_obs_``; all zeros after a terminal)."""
+    trajectory: all zeros after a terminal, else the next state of its last row, read from
+    ``tails`` (``next_obs_`` and ``next_mask`` of the ``truncated_last_rows``, in order). Only
+    these rows' ``next_obs_`` are featurised (a rebuild does not even read the others)."""
     layout = preprocessor.state_layout()
     states = np.zeros(table.num_rows + len(starts), dtype=layout.states_dtype())  # padding too
     # (not np.concatenate: numpy's promotion of structured dtypes drops their padding)
     ids, num = preprocessor.transform_arrow(table, "obs_")
     states[: table.num_rows] = layout.encode_states(ids, num, _masks(table, "mask"))
-    last = table.take(pa.array(starts + lengths - 1, type=pa.int64()))
-    tail_ids, tail_num = preprocessor.transform_arrow(last, "next_obs_")
-    tail = layout.encode_states(tail_ids, tail_num, _masks(last, "next_mask"))
-    tail[last.column("done").to_numpy(zero_copy_only=False).astype(bool)] = np.zeros(1, tail.dtype)
-    states[table.num_rows :] = tail
+    if tails.num_rows:
+        last = starts + lengths - 1
+        done = table.column("done").combine_chunks().to_numpy(zero_copy_only=False).astype(bool)
+        tail_ids, tail_num = preprocessor.transform_arrow(tails, "next_obs_")
+        tail = layout.encode_states(tail_ids, tail_num, _masks(tails, "next_mask"))
+        states[table.num_rows + np.flatnonzero(~done[last])] = tail
     return states
 
 

@@ -134,11 +134,24 @@ def process_chunk(task: ChunkTask, settings: BuildSettings) -> ChunkOutcome:
 
 
 def rebuild_part(part_path: str, index: int, settings: BuildSettings) -> dict[str, ShardInfo]:
-    """A Parquet part → its tensor shards (preprocessor, split or block size changed)."""
-    table = pq.read_table(part_path)
-    if table.schema != schema.transition_arrow_schema():
-        table = table.cast(schema.transition_arrow_schema())
-    return write_part_shards(table, index, settings)
+    """A Parquet part → its tensor shards (preprocessor, split or block size changed). Reads the
+    ``next_obs_`` columns only when a trajectory of the part is truncated, and then keeps only
+    those trajectories' last rows of them: layout v3 stores each state once."""
+    full = schema.transition_arrow_schema()
+    own = pa.schema([f for f in full if not f.name.startswith("next_obs_")])
+    parquet = pq.ParquetFile(part_path)
+    table = parquet.read(columns=own.names)
+    if table.schema != own:
+        table = table.cast(own)
+    starts, lengths = blocks.trajectory_bounds(table)
+    truncated = blocks.truncated_last_rows(table, starts, lengths)
+    tails = None
+    if len(truncated):
+        following = pa.schema([full.field("next_mask"), *(f for f in full if f.name.startswith("next_obs_"))])
+        tails = parquet.read(columns=following.names).take(pa.array(truncated, type=pa.int64()))
+        if tails.schema != following:
+            tails = tails.cast(following)
+    return write_part_shards(table, index, settings, tails)
 
 
 def write_part(table: pa.Table, path: Path) -> None:
@@ -169,12 +182,17 @@ def is_val(replay_ids: pa.Array, val_fraction: float) -> np.ndarray:
     return in_val[pc.index_in(replay_ids, value_set=unique).to_numpy()]
 
 
-def write_part_shards(table: pa.Table, index: int, settings: BuildSettings) -> dict[str, ShardInfo]:
+def write_part_shards(
+    table: pa.Table, index: int, settings: BuildSettings, tails: pa.Table | None = None
+) -> dict[str, ShardInfo]:
     """A part's trajectories, shuffled (seed from the part number) and split by battle, as one
-    shard per split of layout v3 blocks (``prep.blocks``). Empty splits write nothing."""
+    shard per split of layout v3 blocks (``prep.blocks``). Empty splits write nothing. ``tails``:
+    the next states of the truncated trajectories' last rows, when ``table`` lacks ``next_obs_``."""
     preprocessor = Preprocessor(settings.feature_config)
     starts, lengths = blocks.trajectory_bounds(table)
-    states = blocks.state_rows(table, starts, lengths, preprocessor)
+    if tails is None:
+        tails = table.take(pa.array(blocks.truncated_last_rows(table, starts, lengths), type=pa.int64()))
+    states = blocks.state_rows(table, starts, lengths, preprocessor, tails)
     columns = blocks.transition_columns(table)
     num_order = preprocessor.state_layout().num_order
     order = np.random.default_rng([_PERMUTATION_SEED, index]).permutation(len(starts))
