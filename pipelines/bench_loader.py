@@ -208,6 +208,27 @@ def load_arrays(data: Path, manifest: dict) -> dict[str, np.ndarray]:
     return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
 
+def bench_alternated(data: Path, arrays: dict[str, np.ndarray], reps: int) -> dict[str, list[float]]:
+    """Loader epochs (0 workers) and random-gather passes over the same rows, alternated one by
+    one, so both see the same load on a shared machine: wall rates and CPU rates (rows per
+    CPU-second of this process, less sensitive to other processes' load) of each."""
+    loader = L.train_loader(data, FINGERPRINT, L.LoaderConfig(batch_size=BATCH, seed=1))
+    for _batch in loader:  # first epoch: shards hashed, pages cached
+        pass
+    rates: dict[str, list[float]] = {"loader": [], "gather": [], "loader_cpu": [], "gather_cpu": []}
+    for _ in range(reps):
+        for name in ("loader", "gather"):
+            start, cpu = time.perf_counter(), time.process_time()
+            if name == "loader":
+                rows = sum(batch.size for batch in loader)
+            else:
+                bench_random_gather(arrays, 1)
+                rows = len(arrays["action"]) // BATCH * BATCH
+            rates[name].append(rows / (time.perf_counter() - start))
+            rates[f"{name}_cpu"].append(rows / (time.process_time() - cpu))
+    return rates
+
+
 def bench_random_gather(arrays: dict[str, np.ndarray], reps: int) -> list[float]:
     """A replay buffer's way: fancy-index 256 random rows of the whole arrays, to tensors."""
     rows = len(arrays["action"])
@@ -290,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verify-workers", type=int, nargs="*", default=[0],
                         help="worker counts of the verify on/off comparison (none: skip it)")
     parser.add_argument("--verify-reps", type=int, default=3)
+    parser.add_argument("--alternated-reps", type=int, default=5,
+                        help="loader epochs and gather passes alternated one by one (the headline ratio)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -314,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     arrays = load_arrays(args.data, manifest)
     raw_bytes = sum(array.nbytes for array in arrays.values())
     gather_rates = Spread.of(bench_random_gather(arrays, args.epochs))
+    alternated = bench_alternated(args.data, arrays, args.alternated_reps)
+    print(f"alternated loader / gather: {alternated}", file=sys.stderr)
     seed_rates = Spread.of(bench_seed(args.seed_subset, args.seed_reps))
     gather, seed = gather_rates.median, seed_rates.median
     del arrays
@@ -338,6 +363,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| loader, {workers} workers: first batch (one run) / RSS per epoch (MiB) | "
               f"{result['first_batch_s']:.2f} s / {rss} | flat |")
     print(f"| best loader / gather | {best / gather:.2f} × | ≥ 1.5 × (aim 2 ×) |")
+    for suffix, unit in (("", "M/s"), ("_cpu", "M per CPU-s")):
+        mine, theirs = Spread.of(alternated[f"loader{suffix}"]), Spread.of(alternated[f"gather{suffix}"])
+        pairs = Spread.of(a / b for a, b in zip(alternated[f"loader{suffix}"], alternated[f"gather{suffix}"], strict=True))
+        print(f"| **loader, 0 workers, against the gather, alternated one by one ({mine.count} pairs), "
+              f"{'wall' if not suffix else 'CPU'}** | {mine.scaled(1e-6).text('.2f')} vs "
+              f"{theirs.scaled(1e-6).text('.2f')} {unit} = **{mine.median / theirs.median:.2f} ×** "
+              f"(pairs {pairs.text('.2f')}) | ≥ 1.5 × (aim 2 ×) |")
     for depth, rates in device_rates.items():
         spread = Spread.of(rates)
         print(f"| DeviceLoader on cpu, 0 workers, producer thread {'on (2 ahead)' if depth else 'off'}, "
