@@ -179,12 +179,12 @@ def gather_group(
             if isinstance(order, slice):
                 out[...] = block.transition_bytes[order]
             else:
-                np.take(block.transition_bytes, order, axis=0, out=out, mode="clip")
+                block.transition_bytes.take(order, axis=0, out=out, mode="clip")
             # indices were checked against the block when it was read (shards.iter_blocks)
             taken = records[row : row + count]
-            np.take(block.state_bytes, taken["row"], axis=0, out=states[row : row + count], mode="clip")
-            np.take(block.state_bytes, taken["next_row"], axis=0, out=states[rows + row : rows + row + count],
-                    mode="clip")  # fmt: skip
+            source = block.state_bytes
+            source.take(taken["row"], axis=0, out=states[row : row + count], mode="clip")
+            source.take(taken["next_row"], axis=0, out=states[rows + row : rows + row + count], mode="clip")
             row += count
         start = base + layout.transitions_offset
         buffer[start : start + 8 * rows].view(np.int64)[:] = records["action"]
