@@ -1,15 +1,17 @@
 """The feature preprocessor: one table of features, from which everything else derives.
 
 ``feature_table(config)`` lists every output feature (name, source observation fields, encoding,
-vocabulary or scale). From it derive:
+vocabulary or scale, and how tensor shards store it: ``storage``, ``tolerance``). From it derive:
 
 - ``Preprocessor.transform_columns``: the columnar path (prep, rebuilds): whole numpy columns in,
   preallocated ``ids`` int16 [n, N_ID] and ``num`` float32 [n, N_NUM] out, no loop over rows;
 - ``Preprocessor.transform_observation``: a second, plain-Python implementation for one raw
   observation dict (live play), bitwise equal to the columnar path;
-- the output layout written into the manifest, the ``FeatureSpec`` the models read, and the
-  fingerprint (version, configuration, layout, and the normalised syntax trees of this module,
-  the schema and the dex, with the dex data).
+- the output layout written into the manifest, the storage layout of tensor shards
+  (``Preprocessor.state_layout``: which ``num`` columns are float32, float16 or 0/1 bytes), the
+  ``FeatureSpec`` the models read, and the fingerprint (version, configuration, both layouts with
+  ``storage.LAYOUT_VERSION``, and the normalised syntax trees of this module, the schema and the
+  dex, with the dex data; ``fingerprint``).
 
 Float features are one IEEE operation (a division) on a float32-exact input, so Python's float64
 arithmetic rounded to float32 equals float32 arithmetic exactly; that is what keeps the two paths
