@@ -1,6 +1,7 @@
 """Training benchmark: updates/s per algorithm and the data-wait share inside real `train` runs.
 
     python -m pipelines.bench_train [--battles 600] [--steps 400] [--algos bc,iql,cql]
+    python -m pipelines.bench_train --processes 1,2 [--steps 300] [--algos bc,iql,cql]
 
 Generates a corpus (once, into bench-data/, git-ignored), preps it, then runs the real trainer
 (`poke_rl.train.train`, the library function behind `poke-rl train`) for each algorithm at the
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +74,69 @@ def bench_algo(shards: Path, algo: str, steps: int, log_every: int) -> dict[str,
     }
 
 
+def bench_processes(shards: Path, algo: str, processes: int, steps: int,
+                    log_every: int) -> dict[str, Spread | float]:
+    """One real `poke-rl train` of ``algo`` on ``processes`` processes (torchrun on loopback for
+    more than one), each with one thread; rank 0's log intervals after the first."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{algo}-{processes}p-"))
+    train_args = [
+        "train", str(shards), "--algo", algo, "--steps", str(steps), "--log-every",
+        str(log_every), "--eval-every", "0", "--save-every", str(steps), "--warmup-steps", "10",
+        "--device", "cpu", "--threads", "1", "--run-dir", str(run_dir / "run"), "--no-progress",
+    ]
+    poke_rl = Path(sys.executable).with_name("poke-rl")
+    if processes == 1:
+        command = [str(poke_rl), *train_args]
+    else:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+                   "--nproc-per-node", str(processes), "--master-addr", "127.0.0.1",
+                   "--master-port", str(port), "--no-python", str(poke_rl), *train_args]
+    load = os.getloadavg()[0]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    try:
+        subprocess.run(command, check=True, env=env, capture_output=True, timeout=3600)
+        records = [
+            orjson.loads(line)
+            for line in (run_dir / "run" / "metrics.jsonl").read_bytes().splitlines()
+        ]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    intervals = [r for r in records if r.get("kind") == "train"][1:]
+    return {
+        "steps_per_s": Spread.of(r["steps_per_s"] for r in intervals),
+        "samples_per_s": Spread.of(r["samples_per_s"] for r in intervals),
+        "data_wait": Spread.of(r["data_wait_frac"] for r in intervals),
+        "load": load,
+    }
+
+
+def processes_table(shards: Path, algos: list[str], counts: list[int], steps: int,
+                    log_every: int, command: str) -> None:
+    rows = []
+    for algo in algos:
+        for processes in counts:
+            result = bench_processes(shards, algo, processes, steps, log_every)
+            print(f"{algo} x{processes}: {result}", file=sys.stderr)
+            rows.append((algo, processes, result))
+    print(f"`{command.strip()}`: real `poke-rl train` runs, batch 256 per process, default "
+          f"network (256, 256), CPU, 1 thread per process, gloo; {SPREAD_HEADER} over the log "
+          f"intervals of {log_every} steps after the first (rank 0's log)\n")
+    print(f"| algorithm | processes | load before | steps/s per process, {SPREAD_HEADER} | "
+          f"transitions/s, all processes, {SPREAD_HEADER} | × 1 process (medians) | "
+          f"data wait, {SPREAD_HEADER} |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    single: dict[str, float] = {}
+    for algo, processes, r in rows:
+        if processes == 1:
+            single[algo] = r["samples_per_s"].median
+        ratio = (f"{r['samples_per_s'].median / single[algo]:.2f}" if algo in single else "")
+        print(f"| {algo} | {processes} | {r['load']:.1f} | {r['steps_per_s'].text('.1f')} | "
+              f"{r['samples_per_s'].text(',.0f')} | {ratio} | {r['data_wait'].text('.1%')} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--battles", type=int, default=600)
@@ -78,10 +144,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--algos", default="bc,iql,cql")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--processes", default=None,
+                        help="compare process counts, e.g. 1,2 (torchrun, gloo, 1 thread each)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     shards = prepared_shards(args.battles)
     command = "python -m pipelines.bench_train " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.processes:
+        counts = [int(count) for count in args.processes.split(",")]
+        processes_table(shards, args.algos.split(","), counts, args.steps, args.log_every, command)
+        return
     rows = []
     for algo in args.algos.split(","):
         result = bench_algo(shards, algo, args.steps, args.log_every)

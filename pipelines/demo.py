@@ -1,5 +1,9 @@
 """`make demo`: the whole path a user takes, with the real `poke-rl` commands.
 
+0. convert the shipped replays (data/sample-replays.jsonl.gz) back into trajectories and check
+   they equal the shipped ones (data/sample.jsonl.gz) in every field but the documented
+   differences (poke_rl.convert.compare): skipped with a note when node and the simulator are
+   not installed (`make showdown`), a failure when they differ;
 1. prep the shipped sample (data/sample.jsonl.gz) into shards/demo;
 2. train BC on it (runs/demo/bc);
 3. train IQL initialised from BC's best checkpoint (runs/demo/iql);
@@ -26,6 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 POKE_RL = Path(sys.executable).parent / "poke-rl"
 SAMPLE = "data/sample.jsonl.gz"
+REPLAYS = "data/sample-replays.jsonl.gz"
+CONVERTED = "shards/demo-converted.jsonl.gz"
 SHARDS = "shards/demo"
 RUNS = Path("runs/demo")
 ONLINE_TIMEOUT_S = 120
@@ -68,6 +74,28 @@ def optional_step(title: str, timeout_s: float, *args: str) -> None:
     print(f"-- {title}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
+def convert_and_check() -> None:
+    """Step 0: the replays rebuild the shipped trajectories (needs node and the simulator)."""
+    from poke_rl.convert.compare import compare_trajectories, describe
+    from poke_rl.errors import PokeRLError
+    from poke_rl.showdown.server import find_showdown
+
+    try:
+        find_showdown()
+    except PokeRLError as exc:
+        print(f"\n== 0/7 convert the replays: skipped ({exc})", flush=True)
+        return
+    (REPO / CONVERTED).parent.mkdir(parents=True, exist_ok=True)
+    step("0/7 convert the shipped replays back into trajectories",
+         "convert", REPLAYS, CONVERTED, "--workers", "2")
+    comparison = compare_trajectories(REPO / SAMPLE, REPO / CONVERTED)
+    print(f"-- check: {describe(comparison)}", flush=True)
+    if not comparison.ok or comparison.missing:
+        print("demo stopped: the converted replays differ from data/sample.jsonl.gz",
+              file=sys.stderr)
+        sys.exit(1)
+
+
 def main() -> int:
     if not POKE_RL.exists():
         print(f"{POKE_RL} not found: run `make install` first", file=sys.stderr)
@@ -76,6 +104,7 @@ def main() -> int:
     for name in ("bc", "iql"):
         shutil.rmtree(REPO / RUNS / name, ignore_errors=True)
     bc, iql = RUNS / "bc", RUNS / "iql"
+    convert_and_check()
     step("1/7 prep: trajectory JSONL -> Parquet + tensor shards",
          "prep", SAMPLE, SHARDS, "--workers", "2")
     step("2/7 train BC", "train", SHARDS, "--config", "pipelines/configs/demo-bc.toml",

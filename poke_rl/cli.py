@@ -311,16 +311,41 @@ def collect(
     server: str = typer.Option(None, help="ws://HOST:PORT of a running server (default: start one)."),
     port: int = typer.Option(None, help="Port of the local server (default: a free one)."),
     seed: int = typer.Option(0, help="Seed of the players' own random choices."),
+    replays: str = typer.Option(
+        None, help="Where each battle's replay JSON goes (default: OUT-replays.jsonl.gz)."),
+    keep_replays: bool = typer.Option(
+        True, "--keep-replays/--no-keep-replays", help="Keep the battles' replay JSON (local server)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
-    """Play battles on a local Showdown server and record both players' trajectories."""
+    """Play battles on a local Showdown server and record both players' trajectories and each
+    battle's replay JSON (what `poke-rl convert` rebuilds trajectories from)."""
     from poke_rl.showdown.collect import CollectOptions, run_collect, summary
 
     options = CollectOptions(
         battles=battles, battle_format=battle_format, p1=p1, p2=p2, concurrency=concurrency,
-        server=server, port=port, seed=seed, progress=progress,
+        server=server, port=port, seed=seed, progress=progress, replays=replays,
+        keep_replays=keep_replays,
     )
     typer.echo(summary(run_collect(out, options), options), err=True)
+
+
+@app.command()
+@handle_errors
+def convert(
+    inputs: list[str] = typer.Argument(
+        ..., help="Replay JSON: .json (one replay or a list), .jsonl (one per line), .gz, .zst, "
+        "or folders of them."),
+    out: Path = typer.Argument(..., help="Output trajectory file (.jsonl or .jsonl.gz)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (each with its own simulator)."),
+    timeout_s: float = typer.Option(60.0, "--timeout", min=1.0, help="Seconds per battle."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Re-simulate replays' input logs and write both players' trajectories; rejected replays
+    go to OUT-rejects.jsonl with a reason."""
+    from poke_rl.convert import ConvertOptions, run_convert, summary
+
+    options = ConvertOptions(workers=workers, timeout_s=timeout_s, progress=progress)
+    typer.echo(summary(run_convert(inputs, out, options)), err=True)
 
 
 @app.command()

@@ -8,6 +8,7 @@ decides when to read them (one host sync per log interval).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +25,17 @@ class Algorithm(Protocol):
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step on ``batch``; losses and diagnostics as 0-dim device tensors."""
+        ...
+
+    def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """What ``update`` backpropagates (one backward over their sum) and detached
+        diagnostics, from the online networks only: the forward a DDP wrapper runs."""
+        ...
+
+    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
+        """Make ``update`` compute its losses with ``forward`` instead of ``compute_losses``
+        (None: back to it); compiled when the config says so. Under torchrun ``forward`` is
+        one DistributedDataParallel over ``networks()`` (``poke_rl.train.distributed``)."""
         ...
 
     def evaluate(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ Greedy action: argmax of the masked policy logits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,19 @@ class BC:
             self.policy = StateNetwork(feature_spec, model_config, NUM_ACTIONS).to(self.device)
         self.policy_optimizer = make_adam(self.policy.parameters(), config.lr)
         self._check = should_check(self.device, config.debug_checks)
-        self._losses = maybe_compile(self._compute_losses, config.compile, self.device)
+        self.losses_through(None)
 
-    def _compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The loss of one update, from the policy."""
         logits = self.policy(batch.ids, batch.num)
         return {"loss": bc_loss(logits, batch.mask, batch.action)}
+
+    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
+        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
+        when the config says so; under torchrun, the DDP module whose forward is
+        ``compute_losses`` (``poke_rl.train.distributed``)."""
+        own = forward if forward is not None else self.compute_losses
+        self._losses = maybe_compile(own, self.config.compile, self.device)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step; metrics are 0-dim tensors on the device (no host sync)."""

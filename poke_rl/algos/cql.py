@@ -11,6 +11,7 @@ averaging every step. The policy is greedy on the masked min(Q1, Q2); there is n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,7 @@ class CQL:
         self.q_target = make_target(self.q)
         self.q_optimizer = make_adam(self.q.parameters(), config.lr)
         self._check = should_check(self.device, config.debug_checks)
-        self._losses = maybe_compile(self.compute_losses, config.compile, self.device)
+        self.losses_through(None)
 
     def td_target(self, batch: Batch) -> torch.Tensor:
         """The double-DQN target y over legal next actions, [B], without gradient."""
@@ -133,6 +134,13 @@ class CQL:
             "cql_penalty": (penalty1 + penalty2).detach() / 2,
             "q_data": gather_action(torch.minimum(q1, q2), batch.action).detach().mean(),
         }
+
+    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
+        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
+        when the config says so; under torchrun, the DDP module whose forward is
+        ``compute_losses`` (``poke_rl.train.distributed``)."""
+        own = forward if forward is not None else self.compute_losses
+        self._losses = maybe_compile(own, self.config.compile, self.device)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One step of both Q heads, then Polyak; metrics are 0-dim device tensors."""

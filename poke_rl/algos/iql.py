@@ -12,6 +12,7 @@ Polyak averaging every step. Greedy action: argmax of the masked policy logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,7 @@ class IQL:
         self.q_optimizer = make_adam(self.q.parameters(), config.lr)
         self.policy_optimizer = make_adam(self.policy.parameters(), config.lr)
         self._check = should_check(self.device, config.debug_checks)
-        self._losses = maybe_compile(self.compute_losses, config.compile, self.device)
+        self.losses_through(None)
 
     def td_target(self, batch: Batch) -> torch.Tensor:
         """r + gamma * V(s') from the online V, 0 after a terminal, [B], without gradient."""
@@ -152,6 +153,13 @@ class IQL:
             "q_target_mean": target_q.mean(),
             "advantage_mean": advantage.detach().mean(),
         }
+
+    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
+        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
+        when the config says so; under torchrun, the DDP module whose forward is
+        ``compute_losses`` (``poke_rl.train.distributed``)."""
+        own = forward if forward is not None else self.compute_losses
+        self._losses = maybe_compile(own, self.config.compile, self.device)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One step of V, Q and policy, then Polyak; metrics are 0-dim device tensors."""

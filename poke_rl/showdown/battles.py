@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
@@ -62,9 +63,11 @@ def check_format(battle_format: str) -> None:
 
 
 @contextmanager
-def server_url(server: str | None, port: int | None) -> Iterator[str]:
+def server_url(server: str | None, port: int | None, battle_logs: Path | None = None
+               ) -> Iterator[str]:
     """The websocket URL of ``server`` (checked reachable), or of a local server started for the
-    ``with`` block on ``port`` (None: a free one) and stopped after it."""
+    ``with`` block on ``port`` (None: a free one) and stopped after it, which writes its battle
+    logs into ``battle_logs`` when given (``server.local_server``)."""
     if server:
         url = websocket_url(server)
         check_reachable(url)
@@ -72,7 +75,7 @@ def server_url(server: str | None, port: int | None) -> Iterator[str]:
         return
     from poke_rl.showdown.server import local_server
 
-    with local_server(port) as running:
+    with local_server(port, battle_logs=battle_logs) as running:
         yield running.websocket_url
 
 

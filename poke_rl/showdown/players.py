@@ -34,6 +34,37 @@ PolicyFn = Callable[[dict[str, Any], list[bool]], int]
 TrajectorySink = Callable[[dict[str, Any]], None]
 
 
+def trajectory_step(observation: dict[str, Any], mask: list[bool], index: int) -> dict[str, Any]:
+    """One step of a trajectory (DESIGN.md): the action index as type and target, no reward yet.
+    ``poke-rl convert`` builds its steps with this too, so both write the same JSON."""
+    return {
+        "observation": observation,
+        "action_type": 0 if index < NUM_MOVES else 1,
+        "action_target": index if index < NUM_MOVES else index - NUM_MOVES,
+        "reward": 0.0,
+        "done": False,
+        "action_mask": mask,
+    }
+
+
+def trajectory_record(battle: AbstractBattle, steps: list[dict[str, Any]], replay_id: str,
+                      agent: str | None) -> dict[str, Any]:
+    """The trajectory of a finished battle: the last step carries the result (+1 won, -1 lost,
+    0 tie) and ``done``. ``agent`` None (a replay that does not say who played): no key."""
+    reward = 1.0 if battle.won else -1.0 if battle.lost else 0.0
+    steps[-1]["reward"] = reward
+    steps[-1]["done"] = True
+    record: dict[str, Any] = {
+        "replay_id": replay_id,
+        "player": battle.player_role or "p?",
+        "total_reward": reward,
+    }
+    if agent is not None:
+        record["agent"] = agent
+    record.update(format=battle.format, turns=battle.turn, steps=steps)
+    return record
+
+
 class RecordingPlayer(Player):
     """Base of the project's players: 10-action decisions, epsilon exploration, recording."""
 
@@ -109,14 +140,7 @@ class RecordingPlayer(Player):
         request = battle.last_request or {}
         rqid = request.get("rqid")
         steps = self._steps.setdefault(tag, [])
-        step = {
-            "observation": observation,
-            "action_type": 0 if index < NUM_MOVES else 1,
-            "action_target": index if index < NUM_MOVES else index - NUM_MOVES,
-            "reward": 0.0,
-            "done": False,
-            "action_mask": mask,
-        }
+        step = trajectory_step(observation, mask, index)
         # Showdown answers a refused choice with the same request again, or with an updated one
         # ("update": true): the step it replaces was never played.
         if steps and (request.get("update") or (rqid is not None and rqid == self._last_rqid.get(tag))):
@@ -142,18 +166,8 @@ class RecordingPlayer(Player):
         self._maybe_trapped.pop(battle.battle_tag, None)
         if self.on_trajectory is None or not steps:
             return
-        reward = 1.0 if battle.won else -1.0 if battle.lost else 0.0
-        steps[-1]["reward"] = reward
-        steps[-1]["done"] = True
-        self.on_trajectory({
-            "replay_id": self.replay_prefix + battle.battle_tag.removeprefix("battle-"),
-            "player": battle.player_role or "p?",
-            "total_reward": reward,
-            "agent": self.label,
-            "format": battle.format,
-            "turns": battle.turn,
-            "steps": steps,
-        })
+        replay_id = self.replay_prefix + battle.battle_tag.removeprefix("battle-")
+        self.on_trajectory(trajectory_record(battle, steps, replay_id, self.label))
 
 
 class RandomActionPlayer(RecordingPlayer, RandomPlayer):

@@ -4,6 +4,12 @@
 process group, bound to 127.0.0.1 (the installed ``config/config.js`` says so), waits until the
 port accepts connections, and at the end stops the whole group (~10 node processes): SIGTERM,
 then SIGKILL after a grace period, so no node process outlives it.
+
+With ``battle_logs`` (a folder), the server is started through ``js/serve.js`` instead, which
+turns Showdown's own battle logging on for unrated battles (``Config.logchallenges``) and points
+it at that folder (``Config.logsdir``): each finished battle is written there as
+``YYYY-MM/FORMAT/YYYY-MM-DD/ID.log.json`` (``battle_log_path`` finds it), with its input log, its
+omniscient log, the winner and the turns. The shared install's own ``logs/`` is not written to.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ INSTALL_HINT = "run `make showdown` (needs node and npm)"
 SHOWDOWN_DIR_ENV = "POKE_RL_SHOWDOWN_DIR"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SHOWDOWN_DIR = _REPO_ROOT / ".showdown" / "node_modules" / "pokemon-showdown"
+SERVE_JS = Path(__file__).resolve().parent / "js" / "serve.js"
 
 
 def find_showdown() -> Path:
@@ -131,8 +138,11 @@ def local_server(
     start_timeout_s: float = 30.0,
     stop_grace_s: float = 3.0,
     root: Path | None = None,
+    battle_logs: Path | None = None,
 ) -> Iterator[ShowdownServer]:
-    """Run the local server for the ``with`` block; raises ``PokeRLError`` if it cannot start."""
+    """Run the local server for the ``with`` block; raises ``PokeRLError`` if it cannot start.
+
+    ``battle_logs``: a folder where the server writes one JSON log per finished battle."""
     root = root or find_showdown()
     port = port or free_port()
     if _accepts(port):
@@ -140,8 +150,13 @@ def local_server(
     with tempfile.TemporaryDirectory(prefix="poke-rl-showdown-") as logs:
         out_path, err_path = Path(logs) / "stdout.log", Path(logs) / "stderr.log"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            if battle_logs is not None:
+                command = ["node", str(SERVE_JS), str(Path(battle_logs).resolve()), str(port)]
+            else:
+                command = ["node", "pokemon-showdown", "start", "--no-security", "--skip-build",
+                           str(port)]
             proc = subprocess.Popen(
-                ["node", "pokemon-showdown", "start", "--no-security", "--skip-build", str(port)],
+                command,
                 cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True,
             )
@@ -162,3 +177,10 @@ def local_server(
             yield ShowdownServer(port=port, pid=proc.pid)
         finally:
             _stop_group(proc, stop_grace_s)
+
+
+def battle_log_path(battle_logs: Path, battle_id: str) -> Path | None:
+    """Where the server wrote the log of battle ``battle_id`` (``gen9randombattle-12``), or None
+    while it has not (the folders are named by the date when the battle ended)."""
+    found = sorted(Path(battle_logs).glob(f"*/*/*/{battle_id}.log.json"))
+    return found[-1] if found else None

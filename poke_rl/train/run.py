@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from poke_rl import __version__
 from poke_rl.algos import Algorithm, ModelConfig, make_algorithm
@@ -34,6 +33,7 @@ from poke_rl.train.config import (
     resolve_config,
     top_level_types,
 )
+from poke_rl.train.distributed import wrap_for_ranks
 from poke_rl.train.metrics import MetricsLog
 from poke_rl.train.overrides import parse_sets
 from poke_rl.train.trainer import Trainer, TrainResult
@@ -98,14 +98,16 @@ def setup(config: TrainConfig, saved: dict[str, Any] | None = None) -> Trainer:
             print(f"warning: {note}", file=sys.stderr, flush=True)
     parameters = [p for optimizer in algorithm.optimizers() for group in optimizer.param_groups
                   for p in group["params"]]
-    hooks = _setup_distributed(world, algorithm, parameters)
+    # After the resume (DDP starts every rank from rank 0's restored networks), before training:
+    # one DistributedDataParallel over all the networks averages the gradients inside backward.
+    gradient_sync = wrap_for_ranks(world, algorithm, device)
     metrics_log = _setup_run_folder(config, world, device, preprocessor, model_config, algorithm,
                                     resumed_step=state.step if saved is not None else None,
                                     notes=notes)
     return Trainer(
         config=config, world=world, device=device, algorithm=algorithm, schedule=schedule,
         schedulers=schedulers, train_data=train_data, val_data=val_data, checkpoints=checkpoints,
-        state=state, metrics_log=metrics_log, parameters=parameters, hooks=hooks,
+        state=state, metrics_log=metrics_log, parameters=parameters, gradient_sync=gradient_sync,
         owns_process_group=owns_group,
     )
 
@@ -168,26 +170,6 @@ def _setup_algorithm(
     if saved is None and config.init_from:
         init_from_bc(config.init_from, config, algorithm, model_config, preprocessor, device)
     return algorithm, model_config
-
-
-def _setup_distributed(world: World, algorithm: Algorithm, parameters: list[Any]) -> list[Any]:
-    """Under torchrun: rank 0's networks and targets on every rank, and every gradient averaged
-    over ranks inside ``backward`` (so the algorithms' ``update`` stays untouched and all ranks
-    keep bitwise identical parameters). Returns the hooks to remove at the end."""
-    if not world.distributed:
-        return []
-    with torch.no_grad():
-        for parameter in parameters:
-            dist.broadcast(parameter, src=0)
-        for network in algorithm.target_networks().values():
-            for tensor in network.parameters():
-                dist.broadcast(tensor, src=0)
-
-    def average(parameter: Any) -> None:
-        dist.all_reduce(parameter.grad)
-        parameter.grad.div_(world.world_size)
-
-    return [p.register_post_accumulate_grad_hook(average) for p in parameters]
 
 
 def _setup_run_folder(

@@ -7,9 +7,11 @@ every optimiser, and the metrics are added to a device-side running sum; the hos
 every ``log_every`` steps (one sync), which is also when non-finite losses are detected.
 ``|Q| > r_max / (1 - gamma)`` warns once per run and place (train, validation).
 
-Under torchrun every rank runs this loop on its own share of the data; the ranks agree on what
-rank 0 decides (a better validation, a stop signal) at log steps, so they save the same step
-together. Only rank 0 validates and writes files.
+Under torchrun every rank runs this loop on its own share of the data (the same number of
+batches of the same size per rank and epoch: the loader's plan), its gradients averaged inside
+``backward`` by one DistributedDataParallel (``distributed``); the ranks agree on what rank 0
+decides (a better validation, a stop signal) at log steps, so they save the same step together.
+Only rank 0 validates and writes files.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from poke_rl.checkpoint import DiskFullError
 from poke_rl.console import Progress
 from poke_rl.train.checkpointing import Checkpointer, RunState
 from poke_rl.train.config import TrainConfig
+from poke_rl.train.distributed import GradientSync
 from poke_rl.train.metrics import (
     LoopClock,
     MetricsLog,
@@ -69,7 +72,7 @@ class Trainer:
     state: RunState
     metrics_log: MetricsLog | None  # rank 0 only
     parameters: list[torch.nn.Parameter]  # every optimised parameter
-    hooks: list[Any] = field(default_factory=list)  # gradient all-reduce hooks (torchrun)
+    gradient_sync: GradientSync | None = None  # the DDP wrapper (torchrun only)
     owns_process_group: bool = False
     sums: MetricSums | None = None  # this run's metric sums since the last log
     _warned: set[str] = field(default_factory=set)
@@ -150,9 +153,9 @@ class Trainer:
         return TrainResult(self.run_dir, state.step, dict(state.best), dict(state.last_metrics))
 
     def cleanup(self) -> None:
-        """Remove the gradient hooks, close the metrics log, leave the process group."""
-        for hook in self.hooks:
-            hook.remove()
+        """Unwrap the networks, close the metrics log, leave the process group."""
+        if self.gradient_sync is not None:
+            self.gradient_sync.close()
         if self.metrics_log is not None:
             self.metrics_log.close()
         if self.owns_process_group:

@@ -39,7 +39,25 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert result.exit_code == 0, result.output
     with gzip.open(out, "rb") as handle:
         records = [orjson.loads(line) for line in handle]
-    return {"out": out, "records": records, "output": result.output}
+    with gzip.open(out.with_name("battles-replays.jsonl.gz"), "rb") as handle:
+        replays = [orjson.loads(line) for line in handle]
+    return {"out": out, "records": records, "output": result.output, "replays": replays}
+
+
+@pytest.mark.showdown
+@pytest.mark.slow
+def test_collect_keeps_one_replay_per_battle(collected: dict[str, Any]) -> None:
+    replays = collected["replays"]
+    assert f"{BATTLES} replays to" in collected["output"]
+    assert sorted(r["id"] for r in replays) == sorted({r["replay_id"] for r in collected["records"]})
+    agents = {(r["replay_id"], r["player"]): r["agent"] for r in collected["records"]}
+    for replay in replays:
+        assert replay["player_specs"] == {side: agents[(replay["id"], side)] for side in ("p1", "p2")}
+        assert replay["inputlog"].startswith('>start {"formatid":"gen9randombattle"')
+        lines = replay["log"].split("\n")
+        assert sum(line.startswith("|win|") or line == "|tie" for line in lines) == 1
+        assert replay["winner"] in (*replay["players"], "")
+        assert replay["simulator"] == "pokemon-showdown 0.11.11" and replay["turns"] >= 1
 
 
 @pytest.mark.showdown
@@ -96,6 +114,10 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
         ([str(tmp_path / "x.jsonl"), "--p1", "alphazero"], "unknown player"),
         ([str(tmp_path / "x.jsonl"), "--format", "gen9ou"], "random-battle formats"),
         ([str(tmp_path / "x.jsonl"), "--server", "http://127.0.0.1:1"], "ws://"),
+        ([str(tmp_path / "x.jsonl"), "--server", "ws://127.0.0.1:1", "--replays",
+          str(tmp_path / "r.jsonl")], "--replays needs the local server"),
+        ([str(tmp_path / "x.jsonl"), "--replays", str(tmp_path / "x.jsonl")], "trajectory output"),
+        ([str(tmp_path / "x.jsonl"), "--replays", str(tmp_path / "r.json")], "must end in .jsonl"),
     ):
         result = runner.invoke(app, ["collect", *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
