@@ -1,15 +1,17 @@
 """The feature preprocessor: one table of features, from which everything else derives.
 
 ``feature_table(config)`` lists every output feature (name, source observation fields, encoding,
-vocabulary or scale). From it derive:
+vocabulary or scale, and how tensor shards store it: ``storage``, ``tolerance``). From it derive:
 
 - ``Preprocessor.transform_columns``: the columnar path (prep, rebuilds): whole numpy columns in,
   preallocated ``ids`` int16 [n, N_ID] and ``num`` float32 [n, N_NUM] out, no loop over rows;
 - ``Preprocessor.transform_observation``: a second, plain-Python implementation for one raw
   observation dict (live play), bitwise equal to the columnar path;
-- the output layout written into the manifest, the ``FeatureSpec`` the models read, and the
-  fingerprint (version, configuration, layout, and the normalised syntax trees of this module,
-  the schema and the dex, with the dex data).
+- the output layout written into the manifest, the storage layout of tensor shards
+  (``Preprocessor.state_layout``: which ``num`` columns are float32, float16 or 0/1 bytes), the
+  ``FeatureSpec`` the models read, and the fingerprint (version, configuration, both layouts with
+  ``storage.LAYOUT_VERSION``, and the normalised syntax trees of this module, the schema and the
+  dex, with the dex data; ``fingerprint``).
 
 Float features are one IEEE operation (a division) on a float32-exact input, so Python's float64
 arithmetic rounded to float32 equals float32 arithmetic exactly; that is what keeps the two paths
@@ -18,10 +20,7 @@ bitwise equal (and why ``FeatureConfig`` checks that its scales are float32-exac
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 
 from . import dex, schema
 from .batch import FeatureSpec
+from .fingerprint import compute_fingerprint, normalised_source
+from .storage import StateLayout, half_tolerance
 
 ID_DTYPE = np.int16
 NUM_DTYPE = np.float32
@@ -44,6 +45,21 @@ TOXIC_SPIKES_LAYERS = 2
 FEATURE_VOCAB_SIZES: dict[str, int] = {**schema.VOCAB_SIZES, "status": len(STATUS_NAMES)}
 
 Encoding = Literal["id", "scaled", "clipped", "onehot", "dex"]
+Storage = Literal["id", "flag", "half", "full"]
+UNIT = half_tolerance(1.0)  # float16's largest rounding error on values in [-1, 1]
+# Storage of the dex columns, by the part of the name after the last '.' (or before '='): the
+# 0/1 facts are flags; the rest are bounded, float16 exact (dyadic: base stats / 256,
+# effectiveness / 4, priority / 8, self-boosts / 4, matchups) or within the bound's rounding.
+DEX_STORAGE: dict[str, tuple[Storage, float]] = {
+    "own_type": ("flag", 0.0), "opp_type": ("flag", 0.0), "hp": ("half", 0.0), "atk": ("half", 0.0),
+    "def": ("half", 0.0), "spa": ("half", 0.0), "spd": ("half", 0.0), "spe": ("half", 0.0),
+    "power": ("half", half_tolerance(4.0)), "accuracy": ("half", UNIT),
+    "effectiveness": ("half", 0.0), "priority": ("half", 0.0), "self_boost": ("half", 0.0),
+    "damage": ("half", half_tolerance(float(dex.DAMAGE_CLIP))),
+    "offense": ("half", 0.0), "defense": ("half", 0.0), "faster": ("half", 0.0),
+    **{name: ("flag", 0.0) for name in ("physical", "special", "status", "stab", "immune",
+                                        "best_damage", "new_hazard", "removes_hazard")},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,13 @@ class Feature:
     1..``classes``-1, class 0 (status none, slot 0) being the all-zero reference, so that the
     all-zero observation (a terminal row's next state) featurises to all zeros. ``dex`` writes
     ``poke_rl.dex.encode`` of all its sources at once (``dex.WIDTH`` columns, zero for zero ids).
+
+    ``storage`` declares how a numeric feature is stored in tensor shards (``poke_rl.storage``):
+    ``flag`` for 0/1 values (one-hots always are), ``half`` (float16) for bounded values, whose
+    float16 rounding must stay within ``tolerance`` (0: float16 holds every value exactly),
+    ``full`` (float32, the default) otherwise; the dex feature declares per column
+    (``DEX_STORAGE``). The declaration alone decides, never the data, so shards stay a pure
+    function of the features.
     """
 
     name: str
@@ -85,6 +108,8 @@ class Feature:
     scale: float = 1.0
     clip: int | None = None
     classes: int | None = None
+    storage: Storage = "full"
+    tolerance: float = 0.0
 
     @property
     def array(self) -> Literal["ids", "num"]:
@@ -107,6 +132,16 @@ class Feature:
     def describe(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    def column_storage(self) -> list[tuple[Storage, float]]:
+        """(storage, tolerance) of each output column."""
+        if self.encoding == "id":
+            return [("id", 0.0)] * self.width
+        if self.encoding == "onehot":
+            return [("flag", 0.0)] * self.width
+        if self.encoding == "dex":
+            return [DEX_STORAGE[name.rsplit(".", 1)[-1].partition("=")[0]] for name in dex.feature_names()]
+        return [(self.storage, self.tolerance)] * self.width
+
 
 def feature_table(config: FeatureConfig) -> tuple[Feature, ...]:
     """The features, in output order within each array (ids, num)."""
@@ -128,26 +163,31 @@ def feature_table(config: FeatureConfig) -> tuple[Feature, ...]:
         F("weather", ("weather_id",), "id", vocab="weather"),
         F("terrain", ("terrain_id",), "id", vocab="terrain"),
         # -- numeric --
-        F("turn", ("turn",), "clipped", scale=config.turn_scale, clip=config.turn_clip),
-        F("active_hp", ("active_hp", "opp_active_hp"), "scaled"),
-        F("team_hp", ("team_hp",), "scaled"),
-        F("team_fainted", ("team_fainted",), "scaled"),
-        F("opp_team_hp", ("opp_team_hp",), "scaled"),
-        F("opp_team_fainted", ("opp_team_fainted",), "scaled"),
-        F("active_move_pp", ("active_move_pp",), "scaled"),
-        F("active_boosts", ("active_boosts",), "scaled", scale=BOOST_LIMIT),
-        F("opp_active_boosts", ("opp_active_boosts",), "scaled", scale=BOOST_LIMIT),
+        F("turn", ("turn",), "clipped", scale=config.turn_scale, clip=config.turn_clip, storage="half",
+          tolerance=half_tolerance(config.turn_clip / config.turn_scale)),
+        F("active_hp", ("active_hp", "opp_active_hp"), "scaled", storage="half", tolerance=UNIT),
+        F("team_hp", ("team_hp",), "scaled", storage="half", tolerance=UNIT),
+        F("team_fainted", ("team_fainted",), "scaled", storage="flag"),
+        F("opp_team_hp", ("opp_team_hp",), "scaled", storage="half", tolerance=UNIT),
+        F("opp_team_fainted", ("opp_team_fainted",), "scaled", storage="flag"),
+        F("active_move_pp", ("active_move_pp",), "scaled", storage="half", tolerance=UNIT),
+        F("active_boosts", ("active_boosts",), "scaled", scale=BOOST_LIMIT, storage="half", tolerance=UNIT),
+        F("opp_active_boosts", ("opp_active_boosts",), "scaled", scale=BOOST_LIMIT, storage="half",
+          tolerance=UNIT),
         F(
             "hazard_flags",
             ("own_stealth_rock", "opp_stealth_rock", "own_sticky_web", "opp_sticky_web"),
             "scaled",
+            storage="flag",
         ),
-        F("spikes", ("own_spikes", "opp_spikes"), "scaled", scale=SPIKES_LAYERS),
+        F("spikes", ("own_spikes", "opp_spikes"), "scaled", scale=SPIKES_LAYERS, storage="half",
+          tolerance=UNIT),
         F(
             "toxic_spikes",
             ("own_toxic_spikes", "opp_toxic_spikes"),
             "scaled",
             scale=TOXIC_SPIKES_LAYERS,
+            storage="half",
         ),
         slot,
     ]
@@ -189,43 +229,6 @@ def _source_paths() -> tuple[Path, ...]:
     return (Path(__file__), Path(schema.__file__), Path(dex.__file__), dex.DEX_FILE)
 
 
-def _without_docstrings(tree: ast.AST) -> ast.AST:
-    """Drop every module, class and function docstring: they document, they do not compute."""
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                if isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
-def normalised_source(path: Path, data: bytes) -> bytes:
-    """What the fingerprint hashes of one source file: for Python, a canonical dump of its syntax
-    tree without docstrings (comments, formatting and docstrings do not change it; any change of
-    code does); for data files, the bytes."""
-    if path.suffix != ".py":
-        return data
-    tree = _without_docstrings(ast.parse(data, filename=str(path)))
-    return _canonical(tree).encode()
-
-
-def _canonical(node: object) -> str:
-    """A syntax tree as text, like ``ast.dump`` but leaving out empty fields (None, []), whose
-    presence differs between Python versions (3.12 added ``type_params``, 3.13 changed
-    ``ast.dump``'s defaults), so the same code has the same fingerprint on every Python."""
-    if isinstance(node, ast.AST):
-        fields = [
-            f"{name}={_canonical(value)}"
-            for name, value in ast.iter_fields(node)
-            if value is not None and value != []
-        ]
-        return f"{type(node).__name__}({', '.join(fields)})"
-    if isinstance(node, list):
-        return "[" + ", ".join(_canonical(item) for item in node) + "]"
-    return f"{type(node).__name__}:{node!r}"
-
-
 def read_feature_sources() -> bytes:
     """What the fingerprint covers of the code and data: this module, the schema and the dex
     (code as normalised syntax trees, data as bytes), each named."""
@@ -234,24 +237,6 @@ def read_feature_sources() -> bytes:
         data = normalised_source(path, path.read_bytes())
         parts.append(f"{path.name}:{len(data)}:".encode() + data)
     return b"\n".join(parts)
-
-
-def compute_fingerprint(
-    name: str, version: int, config: FeatureConfig, layout: Mapping[str, Any], sources: bytes
-) -> str:
-    """``sha256:<hex>`` over the version, canonical config JSON, layout JSON and the sources."""
-    header = {
-        "name": name,
-        "version": int(version),
-        "config": dataclasses.asdict(config),
-        "config_type": type(config).__name__,
-        "layout": layout,
-    }
-    digest = hashlib.sha256()
-    digest.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-    digest.update(b"\0")
-    digest.update(sources)
-    return "sha256:" + digest.hexdigest()
 
 
 class Preprocessor:
@@ -290,8 +275,9 @@ class Preprocessor:
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
+            layout = {**self.layout(), "storage": self.state_layout().describe()}
             self._fingerprint = compute_fingerprint(
-                self.name, self.version, self.config, self.layout(), read_feature_sources()
+                self.name, self.version, self.config, layout, read_feature_sources()
             )
         return self._fingerprint
 
@@ -322,6 +308,19 @@ class Preprocessor:
             "mask": mask,
             "next_mask": dict(mask),
         }
+
+    def state_layout(self) -> StateLayout:
+        """How tensor shards store a state row (layout v3), from the table's declarations."""
+        groups: dict[str, list[int]] = {"full": [], "half": [], "flag": []}
+        tolerance: list[float] = []
+        for feature, cols in self._slices:
+            if feature.array == "num":
+                for column, (kind, tol) in zip(range(cols.start, cols.stop), feature.column_storage(), strict=True):
+                    groups[kind].append(column)
+                    if kind == "half":
+                        tolerance.append(tol)
+        return StateLayout(self.num_ids, tuple(groups["full"]), tuple(groups["half"]),
+                           tuple(groups["flag"]), tuple(tolerance))  # fmt: skip
 
     def manifest_entry(self) -> dict[str, Any]:
         return {

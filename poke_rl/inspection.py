@@ -37,7 +37,7 @@ def inspect_path(path: str | Path, as_json: bool = False) -> bool:
         return True
     if path.is_dir():
         from poke_rl.features import Preprocessor
-        from poke_rl.manifest import inspect_shards
+        from poke_rl.shard_inspection import inspect_shards
 
         return inspect_shards(path, Preprocessor().fingerprint, as_json)
     if is_trajectory_file(path):

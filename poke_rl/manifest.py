@@ -15,14 +15,12 @@ from __future__ import annotations
 import math
 import re
 import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from poke_rl.console import error_line, print_table
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file, file_sha256
 from poke_rl.locations import is_url, read_location, shard_location
@@ -441,78 +439,3 @@ def verify_shards(manifest: dict[str, Any], out_dir: str | Path) -> list[str]:
             elif file_sha256(path) != entry["sha256"]:
                 problems.append(f"{entry['path']}: sha256 differs from the manifest (corrupt)")
     return problems
-
-
-def shards_report(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
-    """A prep output as plain JSON-able data: the manifest's summary, the verification of every
-    listed shard (``ok``, ``problems``) and, given the installed ``fingerprint``, freshness."""
-    manifest = load_manifest(out_dir)
-    pre = manifest["preprocessor"]
-    mismatched = count_problems(manifest)
-    problems = [f"counts do not add up: {'; '.join(mismatched)}"] if mismatched else []
-    bad_shards = verify_shards(manifest, out_dir)
-    problems += [f"bad shard {problem}" for problem in bad_shards]
-    splits = {split: {"shards": len(shard_entries(manifest, split)),
-                      "transitions": manifest["splits"][split]["transitions"],
-                      "bytes": sum(e["bytes"] for e in shard_entries(manifest, split))}
-              for split in SPLITS}  # fmt: skip
-    stale = stale_problem(manifest, fingerprint, out_dir) if fingerprint else None
-    return {
-        "kind": "shards", "path": str(out_dir),
-        "preprocessor": {key: pre.get(key) for key in ("name", "version", "fingerprint")},
-        "installed_fingerprint": fingerprint, "fresh": None if fingerprint is None else stale is None,
-        "inputs": manifest["inputs"], "counts": manifest["counts"], "splits": splits,
-        "val_fraction": manifest["val_fraction"], "block_size": manifest["block_size"],
-        "features": pre.get("features", {}),
-        "verification": {"ok": not problems, "shards_checked": sum(s["shards"] for s in splits.values()),
-                         "bad_shards": len(bad_shards), "problems": problems},
-        "warnings": [stale] if stale else [],
-        "rebuild": f"{prep_command(manifest, out_dir)} --force",
-    }  # fmt: skip
-
-
-def inspect_shards(out_dir: str | Path, fingerprint: str | None = None, as_json: bool = False) -> bool:
-    """Print a prep output's manifest as a readable summary (or ``shards_report`` as one JSON
-    object), check that its counts add up and verify every listed shard.
-
-    Returns False (after one error line on stderr naming every problem) when the counts do not
-    add up or a shard is outside the folder, missing, or its size or sha256 differs from the
-    manifest. Shards stale for the installed ``fingerprint`` get a warning line on stderr (they
-    are intact: still True). Raises ``PokeRLError`` when there is no manifest or it is malformed.
-    """
-    report = shards_report(out_dir, fingerprint)
-    if as_json:
-        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-    else:
-        _print_shards_tables(report)
-    verification = report["verification"]
-    for warning in report["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-    if not verification["ok"]:
-        bad = verification["bad_shards"]
-        tally = f"; {bad} bad shard(s)" if bad else ""
-        error_line(f"{'; '.join(verification['problems'])}{tally}; rebuild with `{report['rebuild']}`")
-        return False
-    if not as_json:
-        print(f"all {verification['shards_checked']} shards verified (size and sha256)")
-    return True
-
-
-def _print_shards_tables(report: dict[str, Any]) -> None:
-    from rich.markup import escape  # names and paths are shown as written, never as markup
-
-    pre = report["preprocessor"]
-    summary = [("preprocessor", escape(f"{pre.get('name')} v{pre.get('version')} {pre['fingerprint']}"))]
-    for entry in report["inputs"]:
-        size = f" ({entry['bytes']:,} bytes)" if "bytes" in entry else ""
-        summary.append(("input", escape(f"{entry['path']}{size}")))
-    summary += [(escape(key.replace("_", " ")), f"{value:,}") for key, value in report["counts"].items()]
-    summary.append(("val fraction / block size", f"{report['val_fraction']} / {report['block_size']:,}"))
-    print_table(escape(f"prep output {report['path']}"), summary)
-    split_rows = [(split, f"{s['shards']:,}", f"{s['transitions']:,}", f"{s['bytes']:,}")
-                  for split, s in report["splits"].items()]  # fmt: skip
-    print_table("tensor shards", split_rows, header=("split", "shards", "transitions", "bytes"),
-                right=("shards", "transitions", "bytes"))  # fmt: skip
-    features = [(escape(name), str(spec["shape"]), escape(spec["dtype"]))
-                for name, spec in report["features"].items()]  # fmt: skip
-    print_table("features per transition", features, header=("array", "shape", "dtype"))

@@ -1,15 +1,18 @@
-"""WebDataset tensor shards: deterministic tar writing and zero-copy block reading.
+"""WebDataset tensor shards, layout v3: deterministic tar writing and zero-copy block reading.
 
-A shard is a plain tar in which each WebDataset sample is one block of transitions: members
-``<key>.<name>.npy`` for every name in ``batch.FIELDS``. Tars are written with mtime 0, uid/gid 0,
-ustar headers and sorted members, so the same arrays always give byte-identical files, and
-``webdataset.WebDataset(url).decode()`` reads them as usual.
+A shard is a plain tar in which each WebDataset sample is one block (``Block``): members
+``<key>.num_order.npy``, ``<key>.states.npy`` and ``<key>.transitions.npy`` (``storage`` defines
+their dtypes). The states of the block's trajectories are stored once, in order, with one all-zero
+row after each terminal; each transition names its state row and next-state row. Tars are written
+with mtime 0, uid/gid 0, ustar headers and sorted members, so the same arrays always give
+byte-identical files, and ``webdataset.WebDataset(url).decode()`` reads them as usual.
 
 Reading (``iter_blocks``) checks what a shard may not hide: with the manifest's ``sha256`` it
 hashes the whole shard before yielding its first block (once per process and file state for a
-local file: ``verified``), tar header checksums, ``.npy`` headers against payload sizes, equal row
-counts, actions inside 0..9, and finite floats (a NaN or infinity is a data error naming the shard
-and block, not a learning-rate problem far downstream).
+local file: ``verified``), tar header checksums, ``.npy`` headers against payload sizes, the
+members' dtypes, ``num_order`` a permutation, state-row indices inside the block, actions inside
+0..9, and finite floats (a NaN or infinity is a data error naming the shard and block, not a
+learning-rate problem far downstream).
 """
 
 from __future__ import annotations
@@ -26,12 +29,10 @@ from typing import IO
 
 import numpy as np
 
-from poke_rl.batch import FIELDS
+from poke_rl import storage
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file
 from poke_rl.schema import NUM_ACTIONS
-
-_NPY_VERSION = (1, 0)
 
 
 class ShardError(PokeRLError):
@@ -111,9 +112,13 @@ def non_finite_rows(array: np.ndarray) -> np.ndarray:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
-    """The ``.npy`` encoding of an array (version 1.0 header: deterministic)."""
+    """The ``.npy`` encoding of an array (version 1.0 header: deterministic). The payload is the
+    array's memory as it is, padding bytes included (numpy's ``write_array`` copies a structured
+    array to a file object through a buffer whose padding bytes are left uninitialised)."""
+    array = np.ascontiguousarray(array)
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), version=_NPY_VERSION)
+    np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
+    buffer.write(array.tobytes())
     return buffer.getvalue()
 
 
@@ -127,26 +132,102 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def block_problem(block: Mapping[str, np.ndarray]) -> str | None:
-    """What makes ``block`` not a block (a missing array, unequal row counts), or None."""
-    missing = set(FIELDS) - set(block)
-    if missing:
-        return f"lacks arrays {sorted(missing)}"
-    rows = {len(block[name]) for name in FIELDS}
-    if len(rows) != 1:
-        return f"has arrays of different lengths {sorted(rows)}"
-    return None
+MEMBERS = ("num_order", "states", "transitions")  # the arrays of a block, in member order
 
 
-def block_members(key: str, block: Mapping[str, np.ndarray]) -> list[tuple[str, bytes]]:
-    """The sorted ``(member name, payload)`` pairs of one block; checks names and row counts."""
-    problem = block_problem(block)
-    if problem:
-        raise ValueError(f"block {key} {problem}")
-    return sorted((f"{key}.{name}.npy", npy_bytes(block[name])) for name in FIELDS)
+class Block:
+    """One block of a shard: ``states`` (a ``storage.states_dtype`` array [S]), ``transitions``
+    (``storage.TRANSITION_DTYPE`` [T]) and ``num_order`` (int16); ``len`` is T. As read, all three
+    are read-only views on the shard's bytes; ``state_bytes`` / ``transition_bytes`` are their
+    rows as uint8 [rows, row bytes] views, made once per block (the loader's gathers take rows
+    of them)."""
+
+    __slots__ = ("states", "transitions", "num_order", "_state_bytes", "_transition_bytes", "_key")
+
+    def __init__(self, states: np.ndarray, transitions: np.ndarray, num_order: np.ndarray) -> None:
+        self.states = states
+        self.transitions = transitions
+        self.num_order = num_order
+        self._state_bytes: np.ndarray | None = None
+        self._transition_bytes: np.ndarray | None = None
+        self._key: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.transitions)
+
+    @property
+    def state_bytes(self) -> np.ndarray:
+        if self._state_bytes is None:
+            self._state_bytes = _row_bytes(self.states)
+        return self._state_bytes
+
+    @property
+    def transition_bytes(self) -> np.ndarray:
+        if self._transition_bytes is None:
+            self._transition_bytes = _row_bytes(self.transitions)
+        return self._transition_bytes
+
+    @property
+    def layout_key(self) -> tuple[tuple[int, int, int, int], int, bytes]:
+        """What two blocks must share for their rows to sit in one batch: the state groups'
+        widths (full, half, ids, flags), the state row's bytes and ``num_order``."""
+        if self._key is None:
+            widths = storage.group_widths(self.states.dtype)
+            if widths is None:
+                raise ValueError("a block's states must have a storage.states_dtype")
+            self._key = (widths, self.states.dtype.itemsize, self.num_order.tobytes())
+        return self._key
+
+    def members(self) -> dict[str, np.ndarray]:
+        return {"num_order": self.num_order, "states": self.states, "transitions": self.transitions}
+
+    def decode(self) -> dict[str, np.ndarray]:
+        """The block's transitions as plain per-transition arrays, the decoded ``Batch`` fields in
+        numpy: ids/next_ids int16, num/next_num float32, action int64, reward float32, done and
+        masks bool."""
+        ids, num, mask = storage.decode_states(self.states, self.num_order)
+        row, next_row = self.transitions["row"], self.transitions["next_row"]
+        return {
+            "ids": ids[row], "num": num[row], "next_ids": ids[next_row], "next_num": num[next_row],
+            "action": self.transitions["action"].astype(np.int64),
+            "reward": self.transitions["reward"].copy(),
+            "done": self.transitions["done"] != 0,
+            "mask": mask[row], "next_mask": mask[next_row],
+        }  # fmt: skip
 
 
-def write_shard(path: str | Path, blocks: Iterable[Mapping[str, np.ndarray]]) -> tuple[int, str]:
+def _row_bytes(array: np.ndarray) -> np.ndarray:
+    return array.view(np.uint8).reshape(len(array), array.dtype.itemsize)
+
+
+def block_from_transitions(arrays: Mapping[str, np.ndarray], layout: storage.StateLayout | None = None) -> Block:
+    """A block from per-transition arrays (the decoded fields, as ``Block.decode`` returns them),
+    each transition's state and next state stored as their own rows (nothing shared: prep builds
+    compact blocks from trajectories, ``prep.work``). ``layout`` None: every number float32."""
+    ids, num = np.asarray(arrays["ids"]), np.asarray(arrays["num"])
+    rows = len(ids)
+    if layout is None:
+        layout = storage.StateLayout.plain(ids.shape[1], num.shape[1])
+    states = layout.encode_states(
+        np.concatenate([ids, arrays["next_ids"]]),
+        np.concatenate([num, arrays["next_num"]]),
+        np.concatenate([arrays["mask"], arrays["next_mask"]]),
+    )
+    transitions = np.zeros(rows, dtype=storage.TRANSITION_DTYPE)
+    transitions["row"] = np.arange(rows)
+    transitions["next_row"] = np.arange(rows, 2 * rows)
+    transitions["action"] = arrays["action"]
+    transitions["reward"] = arrays["reward"]
+    transitions["done"] = arrays["done"]
+    return Block(states, transitions, layout.num_order)
+
+
+def block_members(key: str, block: Block) -> list[tuple[str, bytes]]:
+    """The sorted ``(member name, payload)`` pairs of one block."""
+    return sorted((f"{key}.{name}.npy", npy_bytes(array)) for name, array in block.members().items())
+
+
+def write_shard(path: str | Path, blocks: Iterable[Block]) -> tuple[int, str]:
     """Write blocks to ``path`` atomically; return ``(bytes, "sha256:<hex>")``."""
     digest = hashlib.sha256()
     with atomic_file(path) as raw:
@@ -223,8 +304,8 @@ def iter_blocks(
     source: str | Path | IO[bytes] | bytes | memoryview,
     name: str | None = None,
     sha256: str | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yield the blocks of one shard as ``{field: array}`` views; raise ``ShardError`` naming it.
+) -> Iterator[Block]:
+    """Yield the blocks of one shard (views on its bytes); raise ``ShardError`` naming it.
 
     ``source``: a local path (memory-mapped), the shard's bytes, or a stream. With ``sha256``
     (the manifest's ``"sha256:<hex>"``) nothing is yielded before the whole shard is checked:
@@ -272,10 +353,10 @@ def iter_blocks(
 
 def _blocks(
     members: Iterator[tuple[str, bytes | memoryview]], label: str
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Iterator[Block]:
     """Group ``(member name, payload)`` pairs into checked blocks (``_complete``)."""
     current_key: str | None = None
-    block: dict[str, np.ndarray] = {}
+    block: dict[str, np.ndarray] = {}  # the members of the block being read
     for member_name, payload in members:
         key, _, rest = member_name.partition(".")
         field = rest.removesuffix(".npy")
@@ -365,20 +446,41 @@ def _pax_records(payload: bytes) -> dict[str, str]:
     return records
 
 
-def _complete(block: dict[str, np.ndarray], label: str, key: str | None) -> dict[str, np.ndarray]:
-    problem = block_problem(block)
-    if problem:
-        raise ShardError(f"shard {label} block {key} {problem} (truncated or corrupt)")
-    action = block["action"]
-    if len(action) and (action.min() < 0 or action.max() >= NUM_ACTIONS):
-        # a flipped byte here would otherwise surface as an indexing error far from the shard
-        raise ShardError(f"shard {label} block {key} holds actions outside 0..{NUM_ACTIONS - 1} (corrupt)")
-    for field in FIELDS:  # reward, num, next_num (any float array): a NaN stops here, named
-        rows = non_finite_rows(block[field])
+def _complete(members: dict[str, np.ndarray], label: str, key: str | None) -> Block:
+    where = f"shard {label} block {key}"
+    missing = set(MEMBERS) - set(members)
+    if missing:
+        raise ShardError(f"{where} lacks arrays {sorted(missing)} (truncated, corrupt or not layout v3)")
+    states, transitions, order = members["states"], members["transitions"], members["num_order"]
+    widths = storage.group_widths(states.dtype) if states.ndim == 1 else None
+    if widths is None:
+        raise ShardError(f"{where} has states of an unknown dtype (corrupt or not layout v3)")
+    if transitions.dtype != storage.TRANSITION_DTYPE or transitions.ndim != 1:
+        raise ShardError(f"{where} has transitions of an unknown dtype (corrupt or not layout v3)")
+    numeric = widths[0] + widths[1] + widths[3]
+    if order.dtype != np.int16 or order.shape != (numeric,) or not np.array_equal(np.sort(order), np.arange(numeric)):
+        raise ShardError(f"{where} has a num_order that is not a permutation of its {numeric} numeric columns (corrupt)")
+    if len(transitions):
+        for field in ("row", "next_row"):
+            index = transitions[field]
+            if index.min() < 0 or index.max() >= len(states):
+                # an index is untrusted data: out of range it would be an IndexError far downstream
+                raise ShardError(f"{where} holds {field} indices outside its {len(states)} state rows (corrupt)")
+        action = transitions["action"]
+        if action.min() < 0 or action.max() >= NUM_ACTIONS:
+            raise ShardError(f"{where} holds actions outside 0..{NUM_ACTIONS - 1} (corrupt)")
+        if transitions["done"].max() > 1:
+            raise ShardError(f"{where} holds a done flag other than 0 or 1 (corrupt)")
+    for name in ("flags", "mask"):  # decoded as booleans and 0/1 numbers: nothing else is data
+        if len(states) and states[name].size and states[name].max() > 1:
+            raise ShardError(f"{where} holds a {name} byte other than 0 or 1 (corrupt)")
+    for what, array in (("reward (transition", transitions["reward"]), ("state feature (state", states["full"]),
+                        ("state feature (state", states["half"])):  # fmt: skip
+        rows = non_finite_rows(array)
         if len(rows):
+            more = f" and {len(rows) - 1} more" if len(rows) > 1 else ""
             raise ShardError(
-                f"shard {label} block {key} holds a NaN or infinite {field} (row {int(rows[0])}"
-                f"{f' and {len(rows) - 1} more' if len(rows) > 1 else ''}): a data problem, "
+                f"{where} holds a NaN or infinite {what} row {int(rows[0])}{more}): a data problem, "
                 "not a training one"
             )
-    return block
+    return Block(states, transitions, order)

@@ -1,7 +1,8 @@
 """Shared test fixtures: tiny prep outputs for the trainer, the evaluator and the loader.
 
 ``write_synthetic_shards`` writes a valid prep output (manifest + tensor shards in the installed
-preprocessor's layout) straight from numpy, without prep: fast, deterministic, and independent of
+preprocessor's layout v3: its storage dtypes, so flag columns are 0/1 and float16 columns are
+float16 values) straight from numpy, without prep: fast, deterministic, and independent of
 the JSONL path. The action is a function of the features (the argmax of a few numeric columns
 among the legal actions), so a policy can learn it.
 """
@@ -15,11 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from poke_rl.batch import FIELDS
+from poke_rl.batch import Batch
 from poke_rl.features import Preprocessor
 from poke_rl.manifest import new_manifest, write_manifest
 from poke_rl.schema import NUM_ACTIONS
-from poke_rl.shards import write_shard
+from poke_rl.shards import block_from_transitions, write_shard
 
 
 def _states(rng: np.random.Generator, rows: int, pre: Preprocessor) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +29,9 @@ def _states(rng: np.random.Generator, rows: int, pre: Preprocessor) -> tuple[np.
     high = np.array([vocab.vocab_size(name) for name in vocab.id_vocabs])
     ids = (rng.integers(0, 1 << 30, size=(rows, layout["ids"]["shape"][0])) % high).astype(np.int16)
     num = rng.random((rows, layout["num"]["shape"][0]), dtype=np.float32)
+    storage = pre.state_layout()  # values the storage dtypes hold exactly
+    num[:, list(storage.flags)] = num[:, list(storage.flags)] < 0.5
+    num[:, list(storage.half)] = num[:, list(storage.half)].astype(np.float16)
     return ids, num
 
 
@@ -75,9 +79,10 @@ def write_synthetic_shards(
             if poison is not None and split == "train":
                 for block in blocks:
                     poison(block, index)
-            assert set(blocks[0]) == set(FIELDS)
+            assert set(blocks[0]) == set(Batch._fields)
             relative = f"tensors/{split}-{index:06d}.tar"
-            size, digest = write_shard(out / relative, blocks)
+            stored = [block_from_transitions(block, pre.state_layout()) for block in blocks]
+            size, digest = write_shard(out / relative, stored)
             rows = block_size * blocks_per_shard
             entries.append({"path": relative, "transitions": rows, "bytes": size, "sha256": digest})
         splits[split] = {"transitions": sum(e["transitions"] for e in entries), "shards": entries}

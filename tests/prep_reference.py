@@ -100,3 +100,24 @@ def run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: boo
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
+
+
+def v2_transition_arrays(table, preprocessor) -> dict[str, np.ndarray]:
+    """Layout v2's per-transition arrays of a transition table (the reference for layout v3):
+    each transition's state and next state featurised from its own ``obs_`` and ``next_obs_``
+    columns, all numbers float32, in table row order."""
+    rows = table.num_rows
+    ids, num = preprocessor.transform_arrow(table, "obs_")
+    next_ids, next_num = preprocessor.transform_arrow(table, "next_obs_")
+
+    def column(name: str):
+        return table.column(name).combine_chunks()
+
+    return {
+        "ids": ids, "num": num, "next_ids": next_ids, "next_num": next_num,
+        "action": column("action").to_numpy().astype(np.int64),
+        "reward": column("reward").to_numpy().astype(np.float32),
+        "done": column("done").to_numpy(zero_copy_only=False).astype(bool),
+        "mask": column("mask").flatten().to_numpy(zero_copy_only=False).reshape(rows, schema.NUM_ACTIONS),
+        "next_mask": column("next_mask").flatten().to_numpy(zero_copy_only=False).reshape(rows, schema.NUM_ACTIONS),
+    }  # fmt: skip

@@ -71,7 +71,7 @@ def exported(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 def _val_blocks(shards: Path) -> list[dict[str, np.ndarray]]:
     return [block for path in sorted((shards / "tensors").glob("val-*.tar"))
-            for block in iter_blocks(path)]
+            for block in (stored.decode() for stored in iter_blocks(path))]
 
 
 Observations = list[tuple[dict[str, Any], list[bool]]]

@@ -607,11 +607,13 @@ def _damage(out: Path, how: str) -> Path:
     elif how == "flipped_header_byte":  # inside the first member's tar header (its checksum fails)
         data[10] ^= 0x20
         shard.write_bytes(bytes(data))
-    elif how == "flipped_payload_byte":  # a float's lowest bit in num.npy: same size, other sha256
-        data[_member_data(shard, "000000.num.npy") + 1000] ^= 0x01
+    elif how == "flipped_payload_byte":  # a float's lowest bit in the states: same size, other sha256
+        data[_member_data(shard, "000000.states.npy") + 1000] ^= 0x01
         shard.write_bytes(bytes(data))
-    elif how == "flipped_action_byte":  # action 0..9 becomes 256..265 (second byte of an int64)
-        data[_member_data(shard, "000000.action.npy") + 128 + 8 * 5 + 1] ^= 0x01
+    elif how == "flipped_action_byte":  # transition 5's action (int8) 0..9 becomes 64..73
+        start = _member_data(shard, "000000.transitions.npy")
+        header = 10 + int.from_bytes(data[start + 8 : start + 10], "little")  # .npy v1.0
+        data[start + header + 16 * 5 + 12] ^= 0x40
         shard.write_bytes(bytes(data))
     elif how == "missing_shard":
         shard.unlink()

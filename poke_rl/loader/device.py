@@ -20,9 +20,11 @@ class DeviceLoader:
 
     With ``background`` > 0 a producer thread assembles up to that many batches ahead (the row
     gathers and copies release the GIL), so batch assembly overlaps the training step on CPU and
-    GPU alike. On CUDA each batch is pinned (by the DataLoader's pin thread) and copied with
-    ``non_blocking`` on a side stream one batch ahead of the one returned. ``prefetch=True``
-    forces that one-ahead path on CPU (for tests). ``state_dict`` always excludes the batches
+    GPU alike (on 2 busy cores, with and without it were within noise of each other, the thread
+    ahead in 3 of 4 runs: BENCHMARKS.md, "Layout v3"). On CUDA each batch is pinned (by the
+    DataLoader's pin thread) and copied with ``non_blocking`` on a side stream one batch ahead of
+    the one returned, then decoded there (``PackedBatch``). ``prefetch=True`` forces that
+    one-ahead path on CPU (for tests). ``state_dict`` always excludes the batches
     assembled but not yet returned, so a resume continues with the next undelivered batch.
     """
 

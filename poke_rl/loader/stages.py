@@ -4,8 +4,8 @@ each a small generator, testable alone with a list::
     read_blocks → shuffle_blocks → permute_rows → interleave_blocks → rebatch   (training)
     read_blocks → in_order → rebatch                                            (validation)
 
-Blocks are zero-copy views on the shard's bytes; a "row order" is a slice or an index array into
-a block, and a batch is a list of (block, rows) pieces: nothing is copied before ``packing``.
+Blocks (``shards.Block``) are zero-copy views on the shard's bytes; a "row order" is a slice or an
+index array into a block's transitions, and a batch is a list of (block, rows) pieces: nothing is copied before ``packing``.
 
 Untrusted shards (DESIGN.md "Loader"): ``read_blocks`` refuses a local shard that resolves outside
 its folder (``manifest.shard_file``, checked before any stat or open), checks each shard's size
@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,9 +31,7 @@ from poke_rl import manifest as manifest_mod
 from poke_rl import shards as shards_mod
 from poke_rl.errors import PokeRLError
 from poke_rl.locations import is_url, read_location
-from poke_rl.shards import ShardError, iter_blocks
-
-Block = Mapping[str, np.ndarray]
+from poke_rl.shards import Block, ShardError, iter_blocks
 
 
 class ShardRef(NamedTuple):
@@ -66,7 +64,7 @@ def read_blocks(
     skipped: SkipCounter | None = None,
     fix_hint: str = "",
     verify: bool = True,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Iterator[Block]:
     """Blocks (zero-copy views) of each shard in turn.
 
     A local shard must resolve inside its folder (checked before any stat or open; a refusal is a
@@ -93,7 +91,7 @@ def _read_refs(
     skipped: SkipCounter | None,
     fix_hint: str,
     verify: bool,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Iterator[Block]:
     for position, ref in enumerate(refs):
         location, expected_rows, expected_bytes = ref.location, ref.transitions, ref.bytes
         digest = ref.sha256 if verify else None
@@ -119,7 +117,7 @@ def _read_refs(
             elif expected_bytes is not None:
                 _check_size(str(source), expected_bytes, location)
             for block in iter_blocks(source, name=location, sha256=digest):
-                rows_read += len(block["action"])
+                rows_read += len(block)
                 yield block
             if rows_read != expected_rows:
                 raise ShardError(
@@ -223,7 +221,7 @@ def shuffle_blocks(items: Iterable[Any], buffer_size: int, rng: np.random.Genera
 def permute_rows(blocks: Iterable[Block], rng: np.random.Generator) -> Iterator[tuple[Block, np.ndarray]]:
     """Pair each block with a random permutation of its rows."""
     for block in blocks:
-        yield block, rng.permutation(len(block["action"]))
+        yield block, rng.permutation(len(block))
 
 
 def interleave_blocks(
@@ -254,7 +252,7 @@ def interleave_blocks(
 def in_order(blocks: Iterable[Block]) -> Iterator[tuple[Block, slice]]:
     """Pair each block with all its rows in order (validation)."""
     for block in blocks:
-        yield block, slice(0, len(block["action"]))
+        yield block, slice(0, len(block))
 
 
 def rebatch(

@@ -49,7 +49,7 @@ class StepBatch:
         """The rows ``rows`` (int indices, any order) with their steps."""
         starts = np.concatenate([[0], np.cumsum(self.n_steps)[:-1]]).astype(np.int64)
         counts = self.n_steps[rows]
-        step_index = _ranges(starts[rows], counts)
+        step_index = ranges(starts[rows], counts)
         index = pa.array(rows, type=pa.int64())
         return StepBatch(
             line=self.line[rows],
@@ -67,7 +67,7 @@ class StepBatch:
         )
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenated ``arange(s, s + c)`` for each (s, c), vectorized."""
     total = int(counts.sum())
     if total == 0:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from poke_rl import schema, shards
 from poke_rl.features import FeatureConfig, Preprocessor
 from poke_rl.manifest import SPLITS
+from poke_rl.prep import blocks
 from poke_rl.prep.columnar import parse_chunk
 from poke_rl.prep.inputs import read_range
 from poke_rl.prep.steps import explode
@@ -133,11 +134,24 @@ def process_chunk(task: ChunkTask, settings: BuildSettings) -> ChunkOutcome:
 
 
 def rebuild_part(part_path: str, index: int, settings: BuildSettings) -> dict[str, ShardInfo]:
-    """A Parquet part → its tensor shards (preprocessor, split or block size changed)."""
-    table = pq.read_table(part_path)
-    if table.schema != schema.transition_arrow_schema():
-        table = table.cast(schema.transition_arrow_schema())
-    return write_part_shards(table, index, settings)
+    """A Parquet part → its tensor shards (preprocessor, split or block size changed). Reads the
+    ``next_obs_`` columns only when a trajectory of the part is truncated, and then keeps only
+    those trajectories' last rows of them: layout v3 stores each state once."""
+    full = schema.transition_arrow_schema()
+    own = pa.schema([f for f in full if not f.name.startswith("next_obs_")])
+    parquet = pq.ParquetFile(part_path)
+    table = parquet.read(columns=own.names)
+    if table.schema != own:
+        table = table.cast(own)
+    starts, lengths = blocks.trajectory_bounds(table)
+    truncated = blocks.truncated_last_rows(table, starts, lengths)
+    tails = None
+    if len(truncated):
+        following = pa.schema([full.field("next_mask"), *(f for f in full if f.name.startswith("next_obs_"))])
+        tails = parquet.read(columns=following.names).take(pa.array(truncated, type=pa.int64()))
+        if tails.schema != following:
+            tails = tails.cast(following)
+    return write_part_shards(table, index, settings, tails)
 
 
 def write_part(table: pa.Table, path: Path) -> None:
@@ -168,47 +182,33 @@ def is_val(replay_ids: pa.Array, val_fraction: float) -> np.ndarray:
     return in_val[pc.index_in(replay_ids, value_set=unique).to_numpy()]
 
 
-def tensor_arrays(table: pa.Table, preprocessor: Preprocessor) -> dict[str, np.ndarray]:
-    """Transition rows → the shard arrays (``batch.FIELDS``), in table row order."""
-    rows = table.num_rows
-    ids, num = preprocessor.transform_arrow(table, "obs_")
-    next_ids, next_num = preprocessor.transform_arrow(table, "next_obs_")
-
-    def column(name: str) -> pa.Array:
-        return table.column(name).combine_chunks()
-
-    return {
-        "ids": ids,
-        "num": num,
-        "next_ids": next_ids,
-        "next_num": next_num,
-        "action": column("action").to_numpy().astype(np.int64),
-        "reward": column("reward").to_numpy().astype(np.float32),
-        "done": column("done").to_numpy(zero_copy_only=False).astype(bool),
-        "mask": column("mask").flatten().to_numpy(zero_copy_only=False).reshape(rows, schema.NUM_ACTIONS),
-        "next_mask": column("next_mask").flatten().to_numpy(zero_copy_only=False).reshape(rows, schema.NUM_ACTIONS),
-    }
-
-
-def write_part_shards(table: pa.Table, index: int, settings: BuildSettings) -> dict[str, ShardInfo]:
-    """Permute a part's rows (seed from the part number), split by battle, write one shard per
-    split in blocks of ``block_size`` rows. Empty splits write nothing."""
+def write_part_shards(
+    table: pa.Table, index: int, settings: BuildSettings, tails: pa.Table | None = None
+) -> dict[str, ShardInfo]:
+    """A part's trajectories, shuffled (seed from the part number) and split by battle, as one
+    shard per split of layout v3 blocks (``prep.blocks``). Empty splits write nothing. ``tails``:
+    the next states of the truncated trajectories' last rows, when ``table`` lacks ``next_obs_``."""
     preprocessor = Preprocessor(settings.feature_config)
-    arrays = tensor_arrays(table, preprocessor)
-    order = np.random.default_rng([_PERMUTATION_SEED, index]).permutation(table.num_rows)
-    in_val = is_val(table.column("replay_id").combine_chunks(), settings.val_fraction)[order]
+    starts, lengths = blocks.trajectory_bounds(table)
+    if tails is None:
+        tails = table.take(pa.array(blocks.truncated_last_rows(table, starts, lengths), type=pa.int64()))
+    states = blocks.state_rows(table, starts, lengths, preprocessor, tails)
+    columns = blocks.transition_columns(table)
+    num_order = preprocessor.state_layout().num_order
+    order = np.random.default_rng([_PERMUTATION_SEED, index]).permutation(len(starts))
+    replay_ids = table.column("replay_id").combine_chunks().take(pa.array(starts, type=pa.int64()))
+    in_val = is_val(replay_ids, settings.val_fraction)[order]
     written: dict[str, ShardInfo] = {}
     for split in SPLITS:
-        rows = order[in_val if split == "val" else ~in_val]
-        if len(rows) == 0:
+        chosen = order[in_val if split == "val" else ~in_val]
+        if len(chosen) == 0:
             continue
-        chosen = {name: array[rows] for name, array in arrays.items()}
-        blocks = [
-            {name: array[first : first + settings.block_size] for name, array in chosen.items()}
-            for first in range(0, len(rows), settings.block_size)
+        made = [
+            blocks.make_block(columns, states, starts, lengths, chosen[run], num_order)
+            for run in blocks.pack(lengths[chosen], settings.block_size)
         ]
         _check_parent(settings)
         path = Path(settings.staging) / "tensors" / staged_shard_name(index, split)
-        size, sha = shards.write_shard(path, blocks)
-        written[split] = ShardInfo(len(rows), size, sha)
+        size, sha = shards.write_shard(path, made)
+        written[split] = ShardInfo(int(lengths[chosen].sum()), size, sha)
     return written

@@ -21,15 +21,16 @@ from poke_rl import loader as L
 from poke_rl.batch import Batch
 from poke_rl.errors import PokeRLError
 from poke_rl.manifest import load_manifest, new_manifest, write_manifest
-from poke_rl.shards import ShardError, write_shard
+from poke_rl.shards import Block, ShardError, block_from_transitions, write_shard
 
 FINGERPRINT = "sha256:" + "ab" * 32
 BATTLE_STEPS = 8  # transitions per battle; blocks are written in battle order
 N_ID, N_NUM = 3, 5
 
 
-def make_block(first_uid: int, rows: int) -> dict[str, np.ndarray]:
-    """Rows with unique ids ``first_uid...``: reward = num[:, 0] = uid; ids[:, 0] = battle."""
+def make_block(first_uid: int, rows: int) -> Block:
+    """Rows with unique ids ``first_uid...``: reward = num[:, 0] = uid; ids[:, 0] = battle
+    (every number float32: ``storage.StateLayout.plain``)."""
     uid = np.arange(first_uid, first_uid + rows)
     ids = np.zeros((rows, N_ID), np.int16)
     ids[:, 0] = uid // BATTLE_STEPS
@@ -39,7 +40,7 @@ def make_block(first_uid: int, rows: int) -> dict[str, np.ndarray]:
     num[:, 1] = uid % 3
     mask = np.zeros((rows, 10), bool)
     mask[np.arange(rows), uid % 10] = True
-    return {
+    return block_from_transitions({
         "ids": ids,
         "num": num,
         "next_ids": ids + 1,
@@ -49,7 +50,7 @@ def make_block(first_uid: int, rows: int) -> dict[str, np.ndarray]:
         "done": uid % BATTLE_STEPS == BATTLE_STEPS - 1,
         "mask": mask,
         "next_mask": ~mask,
-    }
+    })
 
 
 def make_output(
@@ -363,7 +364,7 @@ def test_device_loader_background_thread_keeps_order_and_position(
 
 def test_device_loader_background_thread_raises_the_producers_error(output: Path) -> None:
     config = L.LoaderConfig(batch_size=16, seed=2)
-    device_loader = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu")
+    device_loader = L.DeviceLoader(L.train_loader(output, FINGERPRINT, config), "cpu", background=2)
 
     def failing() -> Iterator[Any]:
         yield from itertools.islice(L.train_loader(output, FINGERPRINT, config).packed(), 2)

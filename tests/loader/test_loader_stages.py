@@ -42,7 +42,7 @@ def test_shuffle_blocks_is_a_seeded_permutation() -> None:
 
 
 def test_rebatch_crosses_blocks_and_drops_or_keeps_the_rest() -> None:
-    blocks = [{"action": np.arange(5)}, {"action": np.arange(3)}]
+    blocks = [make_block(0, 5), make_block(5, 3)]
     ordered = list(stages.in_order(blocks))
     batches = list(stages.rebatch(ordered, 3, drop_last=True))
     assert [[(id(b), o) for b, o in batch] for batch in batches] == [
@@ -74,8 +74,11 @@ def test_gather_packs_rows_into_one_tensor() -> None:
     assert uids(batch) == [3, 1, 104, 105]
     assert [t.dtype for t in batch] == [torch.int16, torch.float32, torch.int16, torch.float32,
                                          torch.int64, torch.float32, torch.bool, torch.bool, torch.bool]
-    assert all(t.untyped_storage().data_ptr() == packed.data.untyped_storage().data_ptr() for t in batch)
+    assert packed.data.dtype == torch.uint8 and packed.data.dim() == 1  # one tensor to move
     assert torch.equal(batch.num[:, 0], batch.reward) and batch.ids[:, 0].tolist() == [0, 0, 13, 13]
+    assert torch.equal(batch.next_num, batch.num + 0.5) and torch.equal(batch.next_ids, batch.ids + 1)
+    assert batch.action.tolist() == [3, 1, 4, 5] and torch.equal(batch.next_mask, ~batch.mask)
+    assert batch.done.tolist() == [False, False, False, False]
 
 
 

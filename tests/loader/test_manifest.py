@@ -16,7 +16,6 @@ from poke_rl.errors import PokeRLError  # noqa: E402
 from poke_rl.manifest import (  # noqa: E402
     FORMAT_VERSION,
     MANIFEST_NAME,
-    inspect_shards,
     load_manifest,
     new_manifest,
     read_manifest,
@@ -24,6 +23,7 @@ from poke_rl.manifest import (  # noqa: E402
     write_manifest,
 )
 from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
+from poke_rl.shard_inspection import inspect_shards  # noqa: E402
 
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
 

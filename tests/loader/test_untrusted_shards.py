@@ -12,7 +12,9 @@ webdataset's ``gopen``.
 from __future__ import annotations
 
 import copy
+import io
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -82,9 +84,9 @@ def member_data(shard: Path, name: str) -> int:
 
 
 def flip_payload_byte(shard: Path) -> None:
-    """Flip the lowest bit of a float in ``num``: same size, other sha256, a still-finite value."""
+    """Flip the lowest bit of a float in the states: same size, other sha256, a still-finite value."""
     data = bytearray(shard.read_bytes())
-    data[member_data(shard, "000000.num.npy") + 1000] ^= 0x01
+    data[member_data(shard, "000000.states.npy") + 1000] ^= 0x01
     shard.write_bytes(bytes(data))
 
 
@@ -363,21 +365,91 @@ def test_row_count_is_still_checked_when_bytes_and_sha256_match(small: Path) -> 
 # -- 5b. a NaN or infinity in a shard is a data error naming the shard and the block --------------
 
 
-@pytest.mark.parametrize(("field", "value"), [("reward", np.nan), ("num", np.inf),
-                                              ("next_num", -np.inf)])  # fmt: skip
-def test_non_finite_values_are_a_data_error(field: str, value: float, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("reward", np.nan, "reward (transition row 7)"), ("num", np.inf, "state feature (state row 7)"),
+    ("next_num", -np.inf, "state feature (state row 263)"),  # next states follow the 256 states
+])  # fmt: skip
+def test_non_finite_values_are_a_data_error(field: str, value: float, named: str, tmp_path: Path) -> None:
     def poison(block: dict[str, np.ndarray], shard: int) -> None:
-        if shard == 1:
+        if shard == 1:  # num column 0 (turn) is stored as float16, its infinity too
             block[field].reshape(len(block[field]), -1)[7, 0] = value
 
     shards = write_synthetic_shards(tmp_path / "bad", train_shards=2, val_shards=1,
                                     blocks_per_shard=1, block_size=256, poison=poison)  # fmt: skip
     result = train_cli(shards, tmp_path)
-    stderr = assert_one_error_line(result, 2, "train-000001.tar", "block 000000", field,
-                                   "row 7", "poke-rl prep")  # fmt: skip
+    stderr = assert_one_error_line(result, 2, "train-000001.tar", "block 000000", named,
+                                   "poke-rl prep")  # fmt: skip
     assert "diverged" not in stderr and "--lr" not in stderr
-    with pytest.raises(ShardError, match=f"train-000001.tar block 000000 .*{field}"):
+    with pytest.raises(ShardError, match=f"train-000001.tar block 000000 .*{named.split()[0]}"):
         list(S.iter_blocks(shards / "tensors" / "train-000001.tar"))
+
+
+def _rewrite_block(out: Path, shard: str, edit: Any) -> Path:
+    """Rewrite a shard with ``edit(block)`` applied to each block's (writable) arrays and its
+    manifest entry updated (size, sha256): damage that only the per-block checks can find."""
+    path = out / "tensors" / shard
+    blocks = []
+    for block in S.iter_blocks(path):
+        copied = S.Block(block.states.copy(), block.transitions.copy(), block.num_order.copy())
+        edit(copied)
+        blocks.append(copied)
+    size, digest = S.write_shard(path, blocks)
+    manifest = read_manifest_file(out)
+    for entry in manifest["splits"]["train"]["shards"]:
+        if entry["path"] == f"tensors/{shard}":
+            entry["bytes"], entry["sha256"] = size, digest
+    write_manifest_file(out, manifest)
+    return path
+
+
+@pytest.mark.parametrize(("field", "value"), [("row", 512), ("next_row", 10**6), ("row", -1), ("next_row", -3)])
+def test_a_state_index_outside_the_block_is_named_never_an_index_error(
+    field: str, value: int, tmp_path: Path
+) -> None:
+    """Indices are untrusted data: an out-of-range row (even with a matching sha256) is a
+    ShardError naming the shard, block and field, through the loader and through train."""
+    shards = write_synthetic_shards(tmp_path / "bad", train_shards=2, val_shards=1,
+                                    blocks_per_shard=1, block_size=256)  # fmt: skip
+
+    def edit(block: S.Block) -> None:
+        block.transitions[field][5] = value
+
+    path = _rewrite_block(shards, "train-000001.tar", edit)
+    with pytest.raises(ShardError, match=f"train-000001.tar block 000000 holds {field} indices outside its 512 state rows"):
+        list(S.iter_blocks(path))
+    loader = L.train_loader(shards, M.load_manifest(shards)["preprocessor"]["fingerprint"],
+                            L.LoaderConfig(batch_size=64))  # fmt: skip
+    with pytest.raises(ShardError, match=f"train-000001.tar block 000000 holds {field} indices"):
+        list(loader)
+    result = train_cli(shards, tmp_path)
+    assert_one_error_line(result, 2, "train-000001.tar", f"{field} indices outside", "poke-rl prep")
+
+
+@pytest.mark.parametrize("damage", ["num_order", "states_dtype", "missing_member"])
+def test_a_block_not_in_layout_v3_is_named(damage: str, tmp_path: Path) -> None:
+    shards = write_synthetic_shards(tmp_path / "bad", train_shards=1, val_shards=1,
+                                    blocks_per_shard=1, block_size=64)  # fmt: skip
+    path = shards / "tensors" / "train-000000.tar"
+    block = next(S.iter_blocks(path))
+    members = {name: array.copy() for name, array in block.members().items()}  # off the mapping
+    if damage == "num_order":  # a repeated column: not a permutation
+        members["num_order"] = np.zeros_like(block.num_order)
+    elif damage == "states_dtype":  # the state rows read as plain bytes
+        members["states"] = block.state_bytes.copy()
+    else:
+        del members["transitions"]
+    del block
+    path.unlink()  # a new file: the old one may still be mapped
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, array in sorted(members.items()):
+            payload = S.npy_bytes(array)
+            info = tarfile.TarInfo(f"000000.{name}.npy")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    expected = {"num_order": "num_order that is not a permutation", "states_dtype": "states of an unknown dtype",
+                "missing_member": "lacks arrays ['transitions']"}[damage]  # fmt: skip
+    with pytest.raises(ShardError, match=f"train-000000.tar block 000000 .*{re.escape(expected)}"):
+        list(S.iter_blocks(path))
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

@@ -31,11 +31,12 @@ from pipelines.generate import BAD_KINDS, GenConfig, battle_records, iter_lines 
 from poke_rl import schema, shards  # noqa: E402
 from poke_rl.errors import PokeRLError  # noqa: E402
 from poke_rl.features import FeatureConfig, Preprocessor  # noqa: E402
-from poke_rl.manifest import inspect_shards  # noqa: E402
 from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
 from poke_rl.prep import build as prep_build  # noqa: E402
 from poke_rl.prep.columnar import parse_chunk, trajectory_key  # noqa: E402
 from poke_rl.prep.steps import explode  # noqa: E402
+from poke_rl.shard_inspection import inspect_shards  # noqa: E402
+from poke_rl.storage import decode_states  # noqa: E402
 
 POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
 
@@ -267,18 +268,27 @@ def test_parquet_and_shards_hold_the_same_transitions(built):
     assert table.to_pylist() == reference_rows(accepted)  # parts in input order
     assert pq.ParquetFile(next((out / "transitions").iterdir())).metadata.row_group(0).column(0).compression == "ZSTD"
     pre = Preprocessor()
+    layout = pre.state_layout()
     ids, num = pre.transform_arrow(table, "obs_")
+    _, num, _ = decode_states(layout.encode_states(ids, num, np.zeros((len(ids), 10), bool)), layout.num_order)
     next_ids, _ = pre.transform_arrow(table, "next_obs_")
     val_battles, seen_rows = set(), []
     for split in ("train", "val"):
         for entry in result.manifest["splits"][split]["shards"]:
             blocks = list(shards.iter_blocks(out / entry["path"]))
-            assert sum(len(b["action"]) for b in blocks) == entry["transitions"]
-            assert all(len(b["action"]) <= 512 for b in blocks)
-            for block in blocks:
+            assert sum(len(b) for b in blocks) == entry["transitions"]
+            assert all(len(b) <= 512 for b in blocks)
+            for stored in blocks:
+                # states once: k transitions of a trajectory use k + 1 rows; next = the following row
+                rows = stored.transitions["row"]
+                trajectories = int(np.append(rows[1:] != rows[:-1] + 1, True).sum())
+                assert len(stored.states) == len(stored) + trajectories
+                assert np.array_equal(stored.transitions["next_row"], stored.transitions["row"] + 1)
+                block = stored.decode()
                 assert block["action"].dtype == np.int64 and block["ids"].dtype == np.int16
                 terminal = block["done"]
                 assert not block["next_mask"][terminal].any() and not block["next_ids"][terminal].any()
+                assert not block["next_num"][terminal].any()
                 for row in range(len(block["action"])):
                     seen_rows.append((split, block["ids"][row].tobytes(), block["num"][row].tobytes(),
                                       block["next_ids"][row].tobytes(), int(block["action"][row])))  # fmt: skip
@@ -300,7 +310,9 @@ def test_webdataset_reads_the_shards(built):
     _, _, out, result = built
     entry = result.manifest["splits"]["train"]["shards"][0]
     samples = list(webdataset.WebDataset(str(out / entry["path"]), shardshuffle=False).decode())
-    assert sum(len(s["action.npy"]) for s in samples) == entry["transitions"]
+    assert sum(len(s["transitions.npy"]) for s in samples) == entry["transitions"]
+    first = shards.Block(samples[0]["states.npy"], samples[0]["transitions.npy"], samples[0]["num_order.npy"])
+    assert np.array_equal(first.decode()["num"], next(shards.iter_blocks(out / entry["path"])).decode()["num"])
 
 
 def test_output_is_identical_for_any_worker_count_and_compression(mixed_corpus, built, tmp_path):
