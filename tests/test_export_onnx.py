@@ -58,7 +58,7 @@ def test_onnxruntime_logits_equal_the_checkpoints_on_val(
     module = masked_logits(algorithm)
     rows = 0
     for path in sorted((synthetic_shards / "tensors").glob("val-*.tar")):
-        for block in iter_blocks(path):
+        for block in (stored.decode() for stored in iter_blocks(path)):  # layout v3 → arrays
             ids, num, mask = (np.array(block[k]) for k in ("ids", "num", "mask"))
             got = torch.from_numpy(session.run(None, {"ids": ids, "num": num, "mask": mask})[0])
             t_ids, t_num, t_mask = (torch.from_numpy(a) for a in (ids, num, mask))
