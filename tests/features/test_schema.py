@@ -27,6 +27,7 @@ from poke_rl.schema import (  # noqa: E402
     OBSERVATION_FIELDS,
     REASONS,
     REQUIRED_STEP_KEYS,
+    V1_FIELDS,
     VOCAB_SIZES,
     CheckedTrajectory,
     Rejection,
@@ -40,7 +41,7 @@ VECTOR_FIELDS = [f.name for f in OBSERVATION_FIELDS if f.length is not None]
 
 
 def full_observation(turn: int = 1) -> dict[str, Any]:
-    """Every schema-v1 field, plausible values: slot 0 active, slot 5 fainted."""
+    """Every field (v1 and v2), plausible values: slot 0 active, slot 5 fainted."""
     return {
         "turn": turn,
         "team_id": 3,
@@ -72,7 +73,33 @@ def full_observation(turn: int = 1) -> dict[str, Any]:
         "opp_active_status": 5,
         "opp_team_hp": [0.5, 1.0, 0.0, 0.0, 0.0, 0.0],
         "opp_team_fainted": [False] * 6,
+        **V2_PART,
     }
+
+
+V2_PART: dict[str, Any] = {
+    "schema_version": 2,
+    "team_level": [84, 88, 86, 90, 70, 100],
+    "team_stats": [200, 150, 180, 160, 250] * 6,
+    "team_item": [116, 110, 0, 33, 44, 1],
+    "team_ability": [126, 3, 0, 0, 0, 7],
+    "team_tera_type": [15, 13, 4, 0, 19, 1],
+    "team_moves": [85, 98, 86, 9] + [1, 2, 3, 4] * 5,
+    "team_move_pp": [1.0, 0.5, 0.25, 0.0] + [1.0] * 20,
+    "opp_team_level": [82, 86, 0, 0, 0, 0],
+    "opp_team_moves": [603, 0, 0, 0, 434, 285, 0, 0] + [0] * 16,
+    "opp_team_item": [0, 44, 0, 0, 0, 0],
+    "opp_team_ability": [126, 0, 0, 0, 0, 0],
+    "opp_team_status": [5, 0, 0, 0, 0, 0],
+    "opp_team_tera_type": [0, 18, 0, 0, 0, 0],
+    "active_volatiles": 1 | 256,
+    "opp_active_volatiles": 128,
+    "own_reflect": 7, "opp_reflect": 0, "own_light_screen": 4, "opp_light_screen": 0,
+    "own_aurora_veil": 0, "opp_aurora_veil": 0, "own_tailwind": 0, "opp_tailwind": 3,
+    "own_safeguard": 0, "opp_safeguard": 5, "own_mist": 0, "opp_mist": 0,
+    "trick_room": 4, "weather_turns": 7, "terrain_turns": 0,
+    "can_tera": True, "force_switch": False, "trapped": False,
+}
 
 
 LEGAL = [True, True, True, True, False, True, True, True, True, False]
@@ -693,5 +720,6 @@ def test_corruption_paths_reach_every_field() -> None:
     record = orjson.loads(_generated_line(0))
     paths = set(_paths(record))
     assert ("steps", 0, "action_type") in paths and ("replay_id",) in paths
-    assert all(("steps", 0, "observation", name) in paths for name in FIELDS_BY_NAME)
+    # the generator writes schema v1 lines (v2 is what collect and convert write)
+    assert all(("steps", 0, "observation", f.name) in paths for f in V1_FIELDS)
     assert ("steps", 0, "observation", "team_hp", 5) in paths
