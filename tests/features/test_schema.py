@@ -28,6 +28,7 @@ from poke_rl.schema import (  # noqa: E402
     REASONS,
     REQUIRED_STEP_KEYS,
     V1_FIELDS,
+    V2_FIELDS,
     VOCAB_SIZES,
     CheckedTrajectory,
     Rejection,
@@ -73,7 +74,7 @@ def full_observation(turn: int = 1) -> dict[str, Any]:
         "opp_active_status": 5,
         "opp_team_hp": [0.5, 1.0, 0.0, 0.0, 0.0, 0.0],
         "opp_team_fainted": [False] * 6,
-        **V2_PART,
+        **{k: list(v) if isinstance(v, list) else v for k, v in V2_PART.items()},
     }
 
 
@@ -323,6 +324,19 @@ REJECTIONS: list[tuple[str, Mutation, str]] = [
     ("opp_active_boosts item -7", obs_item("opp_active_boosts", 6, -7), "out_of_range"),
     ("turn -1", obs_set("turn", -1), "out_of_range"),
     ("turn 2**31", obs_set("turn", 2**31), "out_of_range"),
+    # schema v2 bounds
+    ("schema_version 3", obs_set("schema_version", 3), "out_of_range"),
+    ("schema_version 0", obs_set("schema_version", 0), "out_of_range"),
+    ("schema_version '2'", obs_set("schema_version", "2"), "wrong_type"),
+    ("team_level item 101", obs_item("team_level", 0, 101), "out_of_range"),
+    ("team_stats item 4096", obs_item("team_stats", 29, 4096), "out_of_range"),
+    ("team_move_pp item 1.5", obs_item("team_move_pp", 23, 1.5), "out_of_range"),
+    ("opp_team_status item 7", obs_item("opp_team_status", 0, 7), "out_of_range"),
+    ("active_volatiles -1", obs_set("active_volatiles", -1), "out_of_range"),
+    ("opp_active_volatiles 2**31", obs_set("opp_active_volatiles", 2**31), "out_of_range"),
+    ("own_reflect 9", obs_set("own_reflect", 9), "out_of_range"),
+    ("trick_room -1", obs_set("trick_room", -1), "out_of_range"),
+    ("can_tera 1", obs_set("can_tera", 1), "wrong_type"),
 ]
 # Codes validate_trajectory cannot produce: decided before (or after) a line is parsed.
 NOT_FROM_THE_VALIDATOR = {"invalid_json", "invalid_utf8", "duplicate", "too_large"}
@@ -572,6 +586,42 @@ def test_ids_out_of_range_map_to_zero_and_are_counted() -> None:
     assert first["active_moves"] == [85, 0, 86, 9]
     assert second["weather_id"] == 0 and second["terrain_id"] == VOCAB_SIZES["terrain"] - 1
     assert second["team_species"] == [VOCAB_SIZES["species"] - 1] * 6
+
+
+def test_a_v1_observation_reads_its_v2_fields_as_unknown() -> None:
+    v1 = {k: v for k, v in full_observation().items() if k not in V2_PART}
+    check = check_observation(v1)
+    assert all(check.values[k] == v for k, v in v1.items())
+    for spec in V2_FIELDS:
+        assert spec.name not in check.given_lengths
+        default = {"int": 0, "float": 0.0, "bool": False}[spec.kind]
+        assert check.values[spec.name] == (default if spec.length is None else [default] * spec.length)
+    # and a v2 one keeps every value
+    check = check_observation(full_observation())
+    assert all(check.values[k] == v for k, v in V2_PART.items())
+
+
+def test_v2_ids_out_of_range_map_to_zero_and_are_counted() -> None:
+    obs = full_observation()
+    obs["team_item"] = [VOCAB_SIZES["item"], 5, 0, 0, 0, 0]
+    obs["opp_team_ability"] = [VOCAB_SIZES["ability"], 0, 0, 0, 0, 0]
+    obs["team_tera_type"] = [VOCAB_SIZES["type"], 19]
+    obs["opp_team_moves"] = [VOCAB_SIZES["move"]] * 2
+    check = check_observation(obs)
+    assert check.ids_out_of_range == 5
+    assert check.values["team_item"] == [0, 5, 0, 0, 0, 0]
+    assert check.values["team_tera_type"] == [0, 19, 0, 0, 0, 0]
+    assert check.values["opp_team_moves"] == [0] * 24
+
+
+def test_v2_table_sizes_match_the_fixed_vocabularies() -> None:
+    from poke_rl.showdown.vocab import TYPE_IDS, VOLATILES
+
+    assert len(VOLATILES) == len(set(VOLATILES)) <= 31  # a non-negative int32 bit set
+    assert 2 ** len(VOLATILES) - 1 <= FIELDS_BY_NAME["active_volatiles"].high
+    assert max(TYPE_IDS.values()) < VOCAB_SIZES["type"] and min(TYPE_IDS.values()) == 1
+    assert [f.name for f in OBSERVATION_FIELDS if f.block == "v2"] == [f.name for f in V2_FIELDS]
+    assert FIELDS_BY_NAME["team_stats"].length == 30 and FIELDS_BY_NAME["team_moves"].length == 24
 
 
 # -- numbers too large for float32/float64 are rejections, never crashes --
