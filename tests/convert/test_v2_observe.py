@@ -2,6 +2,11 @@
 ``poke-rl convert`` through the same observation builder live play uses: every v2 field holds
 what the player knows at that decision, and nothing earlier.
 
+Node-free: the battle's replay and simulator output are stored
+(tests/convert/data/v2-battle.json.gz); a ``showdown`` test plays the script again and checks the
+simulator still gives exactly the stored output (regenerate with
+``python tests/convert/test_v2_observe.py`` after a simulator update).
+
 The battle (p1 Azelf / Snorlax against p2 Tornadus / Pelipper / Gothitelle): Tornadus (Choice
 Scarf) sets Tailwind; Gothitelle comes in and Frisk reveals Azelf's Light Clay; Azelf sets a
 Substitute, Reflect, Trick Room and Light Screen; Pelipper's Drizzle (Damp Rock) starts the rain;
@@ -11,6 +16,8 @@ Stats are hand-computed: Hardy nature, no EVs, IVs 31: floor((2 base + 31) level
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,13 +29,13 @@ from conftest import showdown_missing  # noqa: E402
 from test_scripted import Script, play  # noqa: E402
 
 from poke_rl.convert.helper import Resimulator  # noqa: E402
-from poke_rl.convert.run import convert_battle  # noqa: E402
+from poke_rl.convert.inputlog import parse_inputlog  # noqa: E402
+from poke_rl.convert.rebuild import rebuild  # noqa: E402
 from poke_rl.schema import check_observation  # noqa: E402
 from poke_rl.showdown.vocab import TYPE_IDS, VOLATILES, default_vocabularies  # noqa: E402
 
-MISSING = showdown_missing()
-pytestmark = [pytest.mark.showdown,
-              pytest.mark.skipif(MISSING is not None, reason=f"no local Showdown: {MISSING}")]
+STORED = Path(__file__).parent / "data" / "v2-battle.json.gz"
+SEED = [5, 6, 7, 8]
 BIT = {name: 1 << i for i, name in enumerate(VOLATILES)}
 V = default_vocabularies()
 
@@ -49,15 +56,41 @@ PLAN2 = ["tailwind", "switch:Gothitelle", "calmmind", "calmmind", "switch:Pelipp
          "protect", "uturn", "taunt", "psychic"] + ["hurricane"] * 20
 
 
-@pytest.fixture(scope="module")
-def battle() -> dict[str, Any]:
+def simulate() -> dict[str, Any]:
+    """Play the script in the node helper: the replay and the simulator's chunks."""
     with Resimulator() as simulator:
-        replay, _ = play(simulator, P1, P2, {"p1": Script(PLAN1), "p2": Script(PLAN2)},
-                         seed=[5, 6, 7, 8])
-        lines, _, _ = convert_battle(replay, simulator)
-    records = {r["player"]: r for r in map(orjson.loads, lines)}
+        replay, _ = play(simulator, P1, P2, {"p1": Script(PLAN1), "p2": Script(PLAN2)}, seed=SEED)
+        log = parse_inputlog(replay["inputlog"])
+        chunks = simulator.resimulate(log.formatid, log.lines)
+    return {"replay": replay, "chunks": chunks}
+
+
+@pytest.fixture(scope="module")
+def stored() -> dict[str, Any]:
+    with gzip.open(STORED, "rb") as handle:
+        return orjson.loads(handle.read())
+
+
+@pytest.fixture(scope="module")
+def battle(stored: dict[str, Any]) -> dict[str, Any]:
+    replay = stored["replay"]
+    rebuilt = rebuild(stored["chunks"], parse_inputlog(replay["inputlog"]), replay["id"],
+                      replay["agents"])
+    records = {r["player"]: r for r in rebuilt.records}
     return {"log": replay["log"].split("\n"), "p1": records["p1"]["steps"],
             "p2": records["p2"]["steps"]}
+
+
+@pytest.mark.showdown
+@pytest.mark.skipif(showdown_missing() is not None, reason=f"no local Showdown: {showdown_missing()}")
+def test_the_simulator_still_plays_the_stored_battle(stored: dict[str, Any]) -> None:
+    def untimed(text: str) -> list[str]:  # the |t:| timestamps differ from run to run
+        return [line for line in text.split("\n") if not line.startswith("|t:|")]
+
+    fresh = simulate()
+    assert fresh["replay"]["inputlog"] == stored["replay"]["inputlog"]
+    assert untimed(fresh["replay"]["log"]) == untimed(stored["replay"]["log"])
+    assert [untimed(c) for c in fresh["chunks"]] == [untimed(c) for c in stored["chunks"]]
 
 
 def turn_of(log: list[str], needle: str, nth: int = 0) -> int:
@@ -221,3 +254,8 @@ def test_force_switch_on_the_u_turn_choice(battle: dict[str, Any]) -> None:
     assert forced[0]["observation"]["turn"] == pivot
     assert not any(s["observation"]["force_switch"] for s in battle["p1"]
                    if s["action_type"] == 0)
+
+
+if __name__ == "__main__":  # regenerate the stored battle
+    STORED.write_bytes(gzip.compress(orjson.dumps(simulate()), mtime=0))
+    print(f"wrote {STORED}")
