@@ -11,6 +11,7 @@ are built by ``showdown.observe`` exactly as ``RecordingPlayer`` builds them liv
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ IGNORED_LOG_TYPES = frozenset({
 RESULT_TYPES = ("win", "tie")
 _SPLIT = re.compile(r"^\|split\|p([1-4])$")
 _PLAYER_IGNORED = Player.MESSAGES_TO_IGNORE
+# poke-env's battles log what surprises them (a live player's logger shows only errors)
+_BATTLE_LOGGER = logging.getLogger("poke_rl.convert.battle")
+_BATTLE_LOGGER.setLevel(logging.ERROR)
 
 
 @dataclass
@@ -72,6 +76,7 @@ def channel_lines(body: str, channel: int) -> Iterator[str]:
 
 
 def updates(chunks: list[str]) -> Iterator[str]:
+    """The bodies of the ``update`` chunks, in order."""
     for chunk in chunks:
         kind, _, body = chunk.partition("\n")
         if kind == "update":
@@ -151,7 +156,7 @@ def rebuild(chunks: list[str], log: InputLog, replay_id: str, agents: dict[str, 
 
 def _rebuild_side(chunks: list[str], side: str, log: InputLog, replay_id: str,
                   agent: str | None) -> tuple[dict[str, Any], int]:
-    battle = Battle(f"battle-{log.formatid}-0", log.names[side], logger=None, gen=GEN)
+    battle = Battle(f"battle-{log.formatid}-0", log.names[side], logger=_BATTLE_LOGGER, gen=GEN)
     channel = int(side[1])
     choices = iter([c for c in log.choices[side] if c.kind != "team"])
     steps: list[dict[str, Any]] = []
