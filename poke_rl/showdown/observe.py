@@ -29,6 +29,7 @@ Everything is from the point of view of the player who owns ``battle``. Mapping 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Any
 
 from poke_env.battle.battle import Battle
@@ -310,13 +311,30 @@ def _own_moves(battle: Battle, mon: Pokemon, entry: dict[str, Any] | None) -> li
     if mon is battle.active_pokemon:
         slots = moveset(battle)
         return list(zip(slots, _move_pp(battle, slots), strict=True))
-    names = [to_id(m) for m in (entry or {}).get("moves", [])] or list(mon.moves)
+    names = [_as_id(m) for m in (entry or {}).get("moves", [])] or list(mon.moves)
     out = []
     for move_id in names[:NUM_MOVES]:
         known = mon.moves.get(move_id)
-        fraction = known.current_pp / known.max_pp if known is not None and known.max_pp else 0.0
+        top = _bench_max_pp(known) if known is not None else 0
+        fraction = known.current_pp / top if top else 0.0
         out.append((move_id, min(1.0, max(0.0, float(fraction)))))
     return out
+
+
+_MAX_PP: dict[str, int] = {}
+
+
+def _bench_max_pp(move: Move) -> int:
+    """A benched Pokemon's max PP of a move, by move id (not transformed: that ends on switching
+    out), computed once: poke-env looks it up in the dex at every call."""
+    found = _MAX_PP.get(move.id)
+    if found is None:
+        found = _MAX_PP[move.id] = int(move.max_pp)
+    return found
+
+
+def _as_id(name: str) -> str:
+    return name if name.isascii() and name.isalnum() and name.islower() else to_id(name)
 
 
 EXTENDERS = {  # the item that makes a condition last 8 turns instead of 5
@@ -331,39 +349,64 @@ class _Log:
     started (poke-env restamps it at every upkeep line), who set each timed condition (for its
     extender item), who used a move since switching in, and who protected last turn."""
 
-    def __init__(self, battle: Battle) -> None:
+    def __init__(self) -> None:
         self.weather_start: int | None = None
         self.setter: dict[str, str] = {}  # condition key -> "p1a: Name" of the Pokemon that set it
         self.moved: dict[str, bool] = {}  # "p1"/"p2" -> used a move since its last switch-in
         self.protected: dict[str, int] = {}  # side -> turn of its last successful protection
-        turn, user = 0, ""
-        for event in getattr(battle, "_replay_data", ()):
-            kind = event[1] if len(event) > 1 else ""
-            if len(event) < 3:
-                continue
-            if kind == "turn" and event[2].isdigit():
-                turn = int(event[2])
-            elif kind == "move" and len(event) > 3:
-                user = event[2]
-                if not any(part.startswith("[from]") for part in event[4:]):
-                    self.moved[event[2][:2]] = True
-            elif kind in ("switch", "drag"):
-                self.moved[event[2][:2]] = False
-            elif kind == "-weather":
-                if event[2] == "none":
-                    self.weather_start = None
-                elif "[upkeep]" not in event[3:]:
-                    self.weather_start = turn
-                    self.setter["weather"] = _of(event, user)
-            elif kind == "-fieldstart":
-                key = to_id(event[2].removeprefix("move: "))
-                self.setter["terrain" if key.endswith("terrain") else key] = _of(event, user)
-            elif kind == "-sidestart" and len(event) > 3:
-                key = to_id(event[3].removeprefix("move: "))
-                self.setter[f"{event[2][:2]}:{key}"] = _of(event, user)
-            elif kind == "-singleturn" and len(event) > 3:
-                if to_id(event[3].removeprefix("move: ")) in PROTECT_MOVES:
-                    self.protected[event[2][:2]] = turn
+        self.turn, self.user, self.seen = 0, "", 0  # where the reading stopped
+
+    def read(self, events: list[list[str]]) -> _Log:
+        """Read the events not read yet (the battle's lines only grow)."""
+        for event in events[self.seen:]:
+            self._event(event)
+        self.seen = len(events)
+        return self
+
+    def _event(self, event: list[str]) -> None:
+        kind = event[1] if len(event) > 1 else ""
+        if len(event) < 3:
+            return
+        if kind == "turn" and event[2].isdigit():
+            self.turn = int(event[2])
+        elif kind == "move" and len(event) > 3:
+            self.user = event[2]
+            if not any(part.startswith("[from]") for part in event[4:]):
+                self.moved[event[2][:2]] = True
+        elif kind in ("switch", "drag"):
+            self.moved[event[2][:2]] = False
+        elif kind == "-weather":
+            if event[2] == "none":
+                self.weather_start = None
+            elif "[upkeep]" not in event[3:]:
+                self.weather_start = self.turn
+                self.setter["weather"] = _of(event, self.user)
+        elif kind == "-fieldstart":
+            key = to_id(event[2].removeprefix("move: "))
+            self.setter["terrain" if key.endswith("terrain") else key] = _of(event, self.user)
+        elif kind == "-sidestart" and len(event) > 3:
+            key = to_id(event[3].removeprefix("move: "))
+            self.setter[f"{event[2][:2]}:{key}"] = _of(event, self.user)
+        elif kind == "-singleturn" and len(event) > 3:
+            if to_id(event[3].removeprefix("move: ")) in PROTECT_MOVES:
+                self.protected[event[2][:2]] = self.turn
+
+
+_LOGS: OrderedDict[int, tuple[Battle, _Log]] = OrderedDict()  # the battles observed last
+_LOGS_KEPT = 256  # more than collect plays at once
+
+
+def _log_of(battle: Battle) -> _Log:
+    """The battle's ``_Log``, read up to its last line (kept per battle, read incrementally)."""
+    events = getattr(battle, "_replay_data", [])
+    kept = _LOGS.get(id(battle))
+    if kept is None or kept[0] is not battle or kept[1].seen > len(events):
+        kept = (battle, _Log())
+        _LOGS[id(battle)] = kept
+        if len(_LOGS) > _LOGS_KEPT:
+            _LOGS.popitem(last=False)
+    _LOGS.move_to_end(id(battle))
+    return kept[1].read(events)
 
 
 def _of(event: list[str], user: str) -> str:
@@ -414,7 +457,7 @@ def _v2_fields(
     entries = _request_entries(battle)
     padded = _pad([_own_moves(battle, mon, entries.get(id(mon))) for mon in team], TEAM_SIZE, [])
     turn = max(0, int(battle.turn))
-    log = _Log(battle)
+    log = _log_of(battle)
     role = battle.player_role or "p1"
     opp_role = "p2" if role == "p1" else "p1"
     out: dict[str, Any] = {

@@ -71,6 +71,9 @@ class Vocabulary:
         """The id of a name (any spelling Showdown's toID accepts); 0 if unknown or None."""
         if not name:
             return 0
+        found = self.index.get(name)  # already an id (the common case): no regex
+        if found is not None:
+            return found
         key = to_id(name)
         found = self.index.get(key)
         if found is None:
