@@ -50,11 +50,11 @@ from poke_rl.schema import (
     FIELDS_BY_NAME,
     NUM_ACTIONS,
     NUM_MOVES,
-    OBSERVATION_FIELDS,
     REQUIRED_STEP_KEYS,
     TEAM_SIZE,
     VOCAB_SIZES,
 )
+from poke_rl.schema import V1_FIELDS as OBSERVATION_FIELDS  # the generator writes schema v1
 
 # Bad-record kind -> the reason code prep reports for it, parsing with orjson. ``nan_literal``
 # is a bare NaN/Infinity token: not JSON (orjson rejects it; note that pyarrow's JSON reader

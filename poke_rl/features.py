@@ -265,7 +265,7 @@ class Preprocessor:
         for vocab, size in self.vocab_sizes.items():
             assert size <= np.iinfo(ID_DTYPE).max + 1, vocab
         used = {name for f in self.table for name in f.sources}
-        missing = [s.name for s in schema.OBSERVATION_FIELDS if s.name not in used]
+        missing = [s.name for s in schema.V1_FIELDS if s.name not in used]  # v2: features v3
         assert not missing, f"observation fields not featurised: {missing}"
         self._fingerprint: str | None = None
         self._dex = dex.default_tables() if self.config.dex_features else None

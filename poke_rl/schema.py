@@ -1,6 +1,7 @@
 """The trajectory contract (DESIGN.md, "Trajectory JSONL"), written once.
 
-``OBSERVATION_FIELDS`` is the single table of observation fields of schema v1. The validator
+``OBSERVATION_FIELDS`` is the single table of observation fields (schema v1, then the fields
+schema v2 adds: ``V1_FIELDS`` / ``V2_FIELDS``). The validator
 below, the Arrow schema used by ``prep``, the documentation table (``fields_markdown``) and the
 feature preprocessor all derive from it.
 
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 NUM_ACTIONS = 10
 NUM_MOVES = 4
 TEAM_SIZE = 6
@@ -33,7 +34,11 @@ VOCAB_SIZES: dict[str, int] = {
     "team": 128,
     "weather": 16,
     "terrain": 16,
+    "type": 32,  # Pokemon types (tera types): poke_rl.showdown.vocab.TYPE_IDS
 }
+MAX_STAT = 4095  # an actual (non-HP) stat; gen9's largest reachable is far below
+MAX_LEVEL = 100
+TURNS_LEFT = {"low": 0, "high": 8}  # 0 = not up; else turns left counted from its start
 
 Kind = Literal["int", "float", "bool"]
 
@@ -48,7 +53,7 @@ class ObsField:
     low: float | None = None  # inclusive; a value outside [low, high] rejects the trajectory
     high: float | None = None
     vocab: str | None = None  # id field: out-of-vocabulary ids map to 0 and are counted
-    block: Literal["converter", "extended"] = "converter"
+    block: Literal["converter", "extended", "v2"] = "converter"
     doc: str = ""
 
     @property
@@ -62,6 +67,9 @@ def _f(name: str, kind: Kind, length: int | None = None, **kw: Any) -> ObsField:
 
 STATUS = {"low": 0, "high": 6}
 _EXT = {"block": "extended"}
+_V2 = {"block": "v2"}
+STATS_PER_SLOT = 5  # team_stats: atk, def, spa, spd, spe per slot, slot-major
+VOLATILES_MAX = 2**31 - 1  # bit sets: bit i = vocab.VOLATILES[i] (31 bits, non-negative int32)
 
 OBSERVATION_FIELDS: tuple[ObsField, ...] = (
     # -- the field set of the upstream trajectory converter --
@@ -96,7 +104,52 @@ OBSERVATION_FIELDS: tuple[ObsField, ...] = (
     _f("opp_active_status", "int", **STATUS, doc="opponent active status", **_EXT),
     _f("opp_team_hp", "float", TEAM_SIZE, low=0.0, high=1.0, doc="HP of revealed opponents", **_EXT),
     _f("opp_team_fainted", "bool", TEAM_SIZE, doc="opponent fainted flags", **_EXT),
+    # -- schema v2: what a player knows and v1 lacks (all filled only once known) --
+    _f("schema_version", "int", low=1, high=SCHEMA_VERSION, doc="1 or 2; absent = v1", **_V2),
+    _f("team_level", "int", TEAM_SIZE, low=0, high=MAX_LEVEL, doc="own levels by slot", **_V2),
+    _f("team_stats", "int", TEAM_SIZE * STATS_PER_SLOT, low=0, high=MAX_STAT,
+       doc="own actual stats, 6 × (atk def spa spd spe), slot-major", **_V2),
+    _f("team_item", "int", TEAM_SIZE, vocab="item", doc="own held items by slot, 0 = none", **_V2),
+    _f("team_ability", "int", TEAM_SIZE, vocab="ability", doc="own abilities by slot", **_V2),
+    _f("team_tera_type", "int", TEAM_SIZE, vocab="type", doc="own tera types by slot", **_V2),
+    _f("team_moves", "int", TEAM_SIZE * NUM_MOVES, vocab="move",
+       doc="own move ids, 6 × 4 slot-major, in the request's order", **_V2),
+    _f("team_move_pp", "float", TEAM_SIZE * NUM_MOVES, low=0.0, high=1.0,
+       doc="PP fractions aligned with team_moves", **_V2),
+    _f("opp_team_level", "int", TEAM_SIZE, low=0, high=MAX_LEVEL,
+       doc="levels of revealed opponents (opp_team_revealed's slots)", **_V2),
+    _f("opp_team_moves", "int", TEAM_SIZE * NUM_MOVES, vocab="move",
+       doc="opponent moves seen used, 6 × 4 in order of first use, 0 = unseen", **_V2),
+    _f("opp_team_item", "int", TEAM_SIZE, vocab="item", doc="revealed items, 0 = unknown/none", **_V2),
+    _f("opp_team_ability", "int", TEAM_SIZE, vocab="ability",
+       doc="revealed abilities (or the species' only one), 0 = unknown", **_V2),
+    _f("opp_team_status", "int", TEAM_SIZE, **STATUS, doc="status of revealed opponents", **_V2),
+    _f("opp_team_tera_type", "int", TEAM_SIZE, vocab="type",
+       doc="tera type once terastallized, 0 = not (yet)", **_V2),
+    _f("active_volatiles", "int", low=0, high=VOLATILES_MAX,
+       doc="bit set over vocab.VOLATILES (docs/TRAJECTORY.md)", **_V2),
+    _f("opp_active_volatiles", "int", low=0, high=VOLATILES_MAX, doc="the same, opponent", **_V2),
+    _f("own_reflect", "int", **TURNS_LEFT, doc="turns left on own side, 0 = not up", **_V2),
+    _f("opp_reflect", "int", **TURNS_LEFT, doc="turns left on opp side, 0 = not up", **_V2),
+    _f("own_light_screen", "int", **TURNS_LEFT, doc="turns left on own side, 0 = not up", **_V2),
+    _f("opp_light_screen", "int", **TURNS_LEFT, doc="turns left on opp side, 0 = not up", **_V2),
+    _f("own_aurora_veil", "int", **TURNS_LEFT, doc="turns left on own side, 0 = not up", **_V2),
+    _f("opp_aurora_veil", "int", **TURNS_LEFT, doc="turns left on opp side, 0 = not up", **_V2),
+    _f("own_tailwind", "int", **TURNS_LEFT, doc="turns left on own side, 0 = not up", **_V2),
+    _f("opp_tailwind", "int", **TURNS_LEFT, doc="turns left on opp side, 0 = not up", **_V2),
+    _f("own_safeguard", "int", **TURNS_LEFT, doc="turns left on own side, 0 = not up", **_V2),
+    _f("opp_safeguard", "int", **TURNS_LEFT, doc="turns left on opp side, 0 = not up", **_V2),
+    _f("own_mist", "int", **TURNS_LEFT, doc="turns left on own side, 0 = not up", **_V2),
+    _f("opp_mist", "int", **TURNS_LEFT, doc="turns left on opp side, 0 = not up", **_V2),
+    _f("trick_room", "int", **TURNS_LEFT, doc="Trick Room turns left, 0 = not up", **_V2),
+    _f("weather_turns", "int", **TURNS_LEFT, doc="weather turns left, 0 = none", **_V2),
+    _f("terrain_turns", "int", **TURNS_LEFT, doc="terrain turns left, 0 = none", **_V2),
+    _f("can_tera", "bool", doc="the request allows terastallizing", **_V2),
+    _f("force_switch", "bool", doc="the request is a forced switch", **_V2),
+    _f("trapped", "bool", doc="the request forbids switching", **_V2),
 )
+V1_FIELDS: tuple[ObsField, ...] = tuple(f for f in OBSERVATION_FIELDS if f.block != "v2")
+V2_FIELDS: tuple[ObsField, ...] = tuple(f for f in OBSERVATION_FIELDS if f.block == "v2")
 
 FIELDS_BY_NAME: dict[str, ObsField] = {f.name: f for f in OBSERVATION_FIELDS}
 

@@ -119,7 +119,8 @@ def test_architecture_names_every_part_and_who_uses_it() -> None:
         if line.startswith("| `poke_rl/"):
             cells = [cell.strip() for cell in line.strip("|").split("|")]
             name = cells[0].strip("`").removeprefix("poke_rl/").removesuffix("/").removesuffix(".py")
-            rows[name] = {user.strip() for user in cells[-1].split(",")}
+            users = cells[-1].strip()  # "none yet": a module only pipelines and tests use so far
+            rows[name] = set() if users == "none yet" else {u.strip() for u in users.split(",")}
     parts = {_part(module) for module in import_graph()} - {"poke_rl"}
     assert sorted(rows) == sorted(parts)
     for name, users in rows.items():

@@ -6,6 +6,9 @@ one documented difference: a switch offered while the request said ``maybeTrappe
 refused live. Live, the step was decided again on the updated request (no switches legal); the
 input log holds only the move finally played, so the converted step has the first request's mask:
 the same action and observation, and a mask that also allows the switches.
+
+A live trajectory recorded before schema v2 (no ``schema_version`` in its observations) is
+compared on the fields it has: the converted v2 observation must hold it exactly.
 """
 
 from __future__ import annotations
@@ -55,6 +58,18 @@ def trapped_mask_only(live: dict[str, Any], converted: dict[str, Any]) -> bool:
             and all(converted["action_mask"][i] for i, d in enumerate(differs) if d))
 
 
+def _on_live_fields(live: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """``other`` with its observations cut to the live ones' fields when the live one is v1."""
+    steps = live.get("steps") or [{}]
+    if "schema_version" in steps[0].get("observation", {}) or len(other["steps"]) != len(steps):
+        return other
+    cut = []
+    for a, b in zip(steps, other["steps"], strict=True):
+        keys = a.get("observation", {})
+        cut.append({**b, "observation": {k: v for k, v in b["observation"].items() if k in keys}})
+    return {**other, "steps": cut}
+
+
 def compare_trajectories(live_path: Path, converted_path: Path) -> Comparison:
     """Compare two trajectory files (holding the converted ones in memory, keyed by battle)."""
     converted = {(r["replay_id"], r["player"]): r for r in _read(converted_path)}
@@ -68,6 +83,7 @@ def compare_trajectories(live_path: Path, converted_path: Path) -> Comparison:
             result.missing.append(f"{key[0]} {key[1]}")
             continue
         result.compared += 1
+        other = _on_live_fields(live, other)
         if other == live:
             result.equal += 1
             continue

@@ -3,7 +3,8 @@
 The file is generated once from Showdown's own dex by ``pipelines/build_vocab.py`` and then only
 appended to, so an id means the same thing on every run and machine. Id 0 is unknown: names not
 in the file (or mapped to 0 by the size policy in the file's ``policy``) get 0.
-Weather and terrain ids are small fixed tables here.
+Weather, terrain and type ids, and the volatile-condition bit vocabulary of schema v2, are small
+fixed tables here (append only, like the file).
 """
 
 from __future__ import annotations
@@ -29,6 +30,26 @@ TERRAIN_IDS: Mapping[str, int] = MappingProxyType({
     "electricterrain": 1, "grassyterrain": 2, "mistyterrain": 3, "psychicterrain": 4,
 })
 
+# Pokemon types (tera types; schema vocab "type", size 32), alphabetical as in Showdown's type
+# chart, then Stellar. 0 = unknown / not terastallized.
+TYPE_IDS: Mapping[str, int] = MappingProxyType({
+    name: i + 1 for i, name in enumerate((
+        "bug", "dark", "dragon", "electric", "fairy", "fighting", "fire", "flying", "ghost",
+        "grass", "ground", "ice", "normal", "poison", "psychic", "rock", "steel", "water",
+        "stellar",
+    ))
+})
+
+# Volatile conditions of an active Pokemon: bit i of ``active_volatiles`` is ``VOLATILES[i]``
+# (31 bits so the set is a non-negative int32). poke-env effects fold into these names in
+# poke_rl.showdown.observe (e.g. every Protect variant is "protect", Bind/Wrap/... "partiallytrapped").
+VOLATILES: tuple[str, ...] = (
+    "substitute", "confusion", "leechseed", "encore", "taunt", "torment", "disable", "protect",
+    "choicelock", "perish", "yawn", "curse", "ingrain", "aquaring", "focusenergy", "magnetrise",
+    "healblock", "saltcure", "partiallytrapped", "trapped", "attract", "destinybond",
+    "lockedmove", "mustrecharge", "throatchop", "slowstart", "flashfire", "typechange",
+    "stockpile", "smackdown", "noretreat",
+)
 _NON_ID = re.compile(r"[^a-z0-9]+")
 
 
@@ -50,6 +71,9 @@ class Vocabulary:
         """The id of a name (any spelling Showdown's toID accepts); 0 if unknown or None."""
         if not name:
             return 0
+        found = self.index.get(name)  # already an id (the common case): no regex
+        if found is not None:
+            return found
         key = to_id(name)
         found = self.index.get(key)
         if found is None:
@@ -101,3 +125,7 @@ def weather_id(name: str | None) -> int:
 
 def terrain_id(name: str | None) -> int:
     return TERRAIN_IDS.get(to_id(name), 0) if name else 0
+
+
+def type_id(name: str | None) -> int:
+    return TYPE_IDS.get(to_id(name), 0) if name else 0

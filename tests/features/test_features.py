@@ -91,7 +91,7 @@ def bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 def test_every_observation_field_is_used(pre: Preprocessor) -> None:
     used = {name for feature in pre.table for name in feature.sources}
-    assert used == {spec.name for spec in schema.OBSERVATION_FIELDS}
+    assert used == {spec.name for spec in schema.V1_FIELDS}
 
 
 def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:

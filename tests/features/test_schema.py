@@ -27,6 +27,8 @@ from poke_rl.schema import (  # noqa: E402
     OBSERVATION_FIELDS,
     REASONS,
     REQUIRED_STEP_KEYS,
+    V1_FIELDS,
+    V2_FIELDS,
     VOCAB_SIZES,
     CheckedTrajectory,
     Rejection,
@@ -40,7 +42,7 @@ VECTOR_FIELDS = [f.name for f in OBSERVATION_FIELDS if f.length is not None]
 
 
 def full_observation(turn: int = 1) -> dict[str, Any]:
-    """Every schema-v1 field, plausible values: slot 0 active, slot 5 fainted."""
+    """Every field (v1 and v2), plausible values: slot 0 active, slot 5 fainted."""
     return {
         "turn": turn,
         "team_id": 3,
@@ -72,7 +74,33 @@ def full_observation(turn: int = 1) -> dict[str, Any]:
         "opp_active_status": 5,
         "opp_team_hp": [0.5, 1.0, 0.0, 0.0, 0.0, 0.0],
         "opp_team_fainted": [False] * 6,
+        **{k: list(v) if isinstance(v, list) else v for k, v in V2_PART.items()},
     }
+
+
+V2_PART: dict[str, Any] = {
+    "schema_version": 2,
+    "team_level": [84, 88, 86, 90, 70, 100],
+    "team_stats": [200, 150, 180, 160, 250] * 6,
+    "team_item": [116, 110, 0, 33, 44, 1],
+    "team_ability": [126, 3, 0, 0, 0, 7],
+    "team_tera_type": [15, 13, 4, 0, 19, 1],
+    "team_moves": [85, 98, 86, 9] + [1, 2, 3, 4] * 5,
+    "team_move_pp": [1.0, 0.5, 0.25, 0.0] + [1.0] * 20,
+    "opp_team_level": [82, 86, 0, 0, 0, 0],
+    "opp_team_moves": [603, 0, 0, 0, 434, 285, 0, 0] + [0] * 16,
+    "opp_team_item": [0, 44, 0, 0, 0, 0],
+    "opp_team_ability": [126, 0, 0, 0, 0, 0],
+    "opp_team_status": [5, 0, 0, 0, 0, 0],
+    "opp_team_tera_type": [0, 18, 0, 0, 0, 0],
+    "active_volatiles": 1 | 256,
+    "opp_active_volatiles": 128,
+    "own_reflect": 7, "opp_reflect": 0, "own_light_screen": 4, "opp_light_screen": 0,
+    "own_aurora_veil": 0, "opp_aurora_veil": 0, "own_tailwind": 0, "opp_tailwind": 3,
+    "own_safeguard": 0, "opp_safeguard": 5, "own_mist": 0, "opp_mist": 0,
+    "trick_room": 4, "weather_turns": 7, "terrain_turns": 0,
+    "can_tera": True, "force_switch": False, "trapped": False,
+}
 
 
 LEGAL = [True, True, True, True, False, True, True, True, True, False]
@@ -296,6 +324,19 @@ REJECTIONS: list[tuple[str, Mutation, str]] = [
     ("opp_active_boosts item -7", obs_item("opp_active_boosts", 6, -7), "out_of_range"),
     ("turn -1", obs_set("turn", -1), "out_of_range"),
     ("turn 2**31", obs_set("turn", 2**31), "out_of_range"),
+    # schema v2 bounds
+    ("schema_version 3", obs_set("schema_version", 3), "out_of_range"),
+    ("schema_version 0", obs_set("schema_version", 0), "out_of_range"),
+    ("schema_version '2'", obs_set("schema_version", "2"), "wrong_type"),
+    ("team_level item 101", obs_item("team_level", 0, 101), "out_of_range"),
+    ("team_stats item 4096", obs_item("team_stats", 29, 4096), "out_of_range"),
+    ("team_move_pp item 1.5", obs_item("team_move_pp", 23, 1.5), "out_of_range"),
+    ("opp_team_status item 7", obs_item("opp_team_status", 0, 7), "out_of_range"),
+    ("active_volatiles -1", obs_set("active_volatiles", -1), "out_of_range"),
+    ("opp_active_volatiles 2**31", obs_set("opp_active_volatiles", 2**31), "out_of_range"),
+    ("own_reflect 9", obs_set("own_reflect", 9), "out_of_range"),
+    ("trick_room -1", obs_set("trick_room", -1), "out_of_range"),
+    ("can_tera 1", obs_set("can_tera", 1), "wrong_type"),
 ]
 # Codes validate_trajectory cannot produce: decided before (or after) a line is parsed.
 NOT_FROM_THE_VALIDATOR = {"invalid_json", "invalid_utf8", "duplicate", "too_large"}
@@ -547,6 +588,42 @@ def test_ids_out_of_range_map_to_zero_and_are_counted() -> None:
     assert second["team_species"] == [VOCAB_SIZES["species"] - 1] * 6
 
 
+def test_a_v1_observation_reads_its_v2_fields_as_unknown() -> None:
+    v1 = {k: v for k, v in full_observation().items() if k not in V2_PART}
+    check = check_observation(v1)
+    assert all(check.values[k] == v for k, v in v1.items())
+    for spec in V2_FIELDS:
+        assert spec.name not in check.given_lengths
+        default = {"int": 0, "float": 0.0, "bool": False}[spec.kind]
+        assert check.values[spec.name] == (default if spec.length is None else [default] * spec.length)
+    # and a v2 one keeps every value
+    check = check_observation(full_observation())
+    assert all(check.values[k] == v for k, v in V2_PART.items())
+
+
+def test_v2_ids_out_of_range_map_to_zero_and_are_counted() -> None:
+    obs = full_observation()
+    obs["team_item"] = [VOCAB_SIZES["item"], 5, 0, 0, 0, 0]
+    obs["opp_team_ability"] = [VOCAB_SIZES["ability"], 0, 0, 0, 0, 0]
+    obs["team_tera_type"] = [VOCAB_SIZES["type"], 19]
+    obs["opp_team_moves"] = [VOCAB_SIZES["move"]] * 2
+    check = check_observation(obs)
+    assert check.ids_out_of_range == 5
+    assert check.values["team_item"] == [0, 5, 0, 0, 0, 0]
+    assert check.values["team_tera_type"] == [0, 19, 0, 0, 0, 0]
+    assert check.values["opp_team_moves"] == [0] * 24
+
+
+def test_v2_table_sizes_match_the_fixed_vocabularies() -> None:
+    from poke_rl.showdown.vocab import TYPE_IDS, VOLATILES
+
+    assert len(VOLATILES) == len(set(VOLATILES)) <= 31  # a non-negative int32 bit set
+    assert 2 ** len(VOLATILES) - 1 <= FIELDS_BY_NAME["active_volatiles"].high
+    assert max(TYPE_IDS.values()) < VOCAB_SIZES["type"] and min(TYPE_IDS.values()) == 1
+    assert [f.name for f in OBSERVATION_FIELDS if f.block == "v2"] == [f.name for f in V2_FIELDS]
+    assert FIELDS_BY_NAME["team_stats"].length == 30 and FIELDS_BY_NAME["team_moves"].length == 24
+
+
 # -- numbers too large for float32/float64 are rejections, never crashes --
 
 
@@ -693,5 +770,6 @@ def test_corruption_paths_reach_every_field() -> None:
     record = orjson.loads(_generated_line(0))
     paths = set(_paths(record))
     assert ("steps", 0, "action_type") in paths and ("replay_id",) in paths
-    assert all(("steps", 0, "observation", name) in paths for name in FIELDS_BY_NAME)
+    # the generator writes schema v1 lines (v2 is what collect and convert write)
+    assert all(("steps", 0, "observation", f.name) in paths for f in V1_FIELDS)
     assert ("steps", 0, "observation", "team_hp", 5) in paths

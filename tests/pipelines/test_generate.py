@@ -33,6 +33,7 @@ from poke_rl.schema import (  # noqa: E402
     NUM_MOVES,
     OBSERVATION_FIELDS,
     TEAM_SIZE,
+    V1_FIELDS,
     VOCAB_SIZES,
     Rejection,
     check_observation,
@@ -198,7 +199,7 @@ def test_observations_are_consistent_with_the_battle(clean_records: list[dict]) 
         previous = None
         for step in record["steps"]:
             obs = step["observation"]
-            assert set(obs) == {f.name for f in OBSERVATION_FIELDS}  # every field filled
+            assert set(obs) == {f.name for f in V1_FIELDS}  # every v1 field filled
             slot = obs["active_slot"]
             for i in range(TEAM_SIZE):
                 assert obs["team_fainted"][i] == (obs["team_hp"][i] == 0.0)
