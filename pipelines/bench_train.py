@@ -62,18 +62,11 @@ def bench_algo(shards: Path, algo: str, steps: int, log_every: int) -> dict[str,
                 "model": {"embed_dim": 32, "hidden_sizes": (256, 256), "embed_dropout": 0.0},
             },
         )
-        records = [
-            orjson.loads(line)
-            for line in (run_dir / "run" / "metrics.jsonl").read_bytes().splitlines()
-        ]
+        intervals = _train_intervals(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    intervals = [r for r in records if r.get("kind") == "train"][1:]
-    return {
-        "updates_per_s": Spread.of(r["steps_per_s"] for r in intervals),
-        "samples_per_s": Spread.of(r["samples_per_s"] for r in intervals),
-        "data_wait": Spread.of(r["data_wait_frac"] for r in intervals),
-    }
+    measures = _measures(intervals)
+    return {"updates_per_s": measures.pop("steps_per_s"), **measures}
 
 
 def bench_processes(shards: Path, algo: str, processes: int, steps: int,
@@ -100,18 +93,23 @@ def bench_processes(shards: Path, algo: str, processes: int, steps: int,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     try:
         subprocess.run(command, check=True, env=env, capture_output=True, timeout=3600)
-        records = [
-            orjson.loads(line)
-            for line in (run_dir / "run" / "metrics.jsonl").read_bytes().splitlines()
-        ]
+        intervals = _train_intervals(run_dir)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    intervals = [r for r in records if r.get("kind") == "train"][1:]
+    return {**_measures(intervals), "load": load}
+
+
+def _train_intervals(run_dir: Path) -> list[dict]:
+    """The run's ``train`` records of ``metrics.jsonl``, the first interval (warm-up) left out."""
+    lines = (run_dir / "run" / "metrics.jsonl").read_bytes().splitlines()
+    return [r for r in map(orjson.loads, lines) if r.get("kind") == "train"][1:]
+
+
+def _measures(intervals: list[dict]) -> dict[str, Spread]:
     return {
         "steps_per_s": Spread.of(r["steps_per_s"] for r in intervals),
         "samples_per_s": Spread.of(r["samples_per_s"] for r in intervals),
         "data_wait": Spread.of(r["data_wait_frac"] for r in intervals),
-        "load": load,
     }
 
 

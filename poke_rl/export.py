@@ -228,6 +228,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         metadata = orjson.loads(raw) if raw is not None else None
     except (zipfile.BadZipFile, orjson.JSONDecodeError, OSError) as exc:
         raise PokeRLError(f"{path} is not a readable exported policy ({exc})") from None
+    return checked_metadata(path, metadata)
+
+
+def checked_metadata(path: str | Path, metadata: Any) -> dict[str, Any]:
+    """``metadata`` read from ``path`` (any container), if it is a poke-rl policy's of this
+    format version; else the PokeRLError that names what ``path`` is not."""
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise PokeRLError(f"{path} is not a poke-rl exported policy (write one with poke-rl export)")
     if metadata.get("format_version") != FORMAT_VERSION:

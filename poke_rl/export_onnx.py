@@ -25,9 +25,8 @@ import torch
 
 from poke_rl.errors import PokeRLError
 from poke_rl.export import (
-    FORMAT,
-    FORMAT_VERSION,
     check_export_target,
+    checked_metadata,
     example_inputs,
     masked_logits,
     policy_metadata,
@@ -145,11 +144,4 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
         metadata = orjson.loads(props[METADATA_KEY]) if METADATA_KEY in props else None
     except orjson.JSONDecodeError:
         metadata = None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise PokeRLError(f"{path} is not a poke-rl exported policy (write one with poke-rl export)")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise PokeRLError(
-            f"{path} has policy format_version {metadata.get('format_version')!r}; this poke-rl "
-            f"reads version {FORMAT_VERSION}"
-        )
-    return metadata
+    return checked_metadata(path, metadata)
