@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -47,10 +46,6 @@ def test_bad_usage_exits_2(argv: list[str]) -> None:
     assert runner.invoke(app, argv).exit_code == 2
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("poke_rl.prep") is None,
-    reason="poke_rl.prep is not written yet (being built in parallel); runs once it exists",
-)
 def test_prep_of_a_missing_input_exits_2_with_one_error_line(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-file.jsonl"
     command = [str(POKE_RL), "prep", str(missing), str(tmp_path / "out")]
