@@ -242,3 +242,72 @@ def test_the_readme_polars_query(corpus, tmp_path):
     want = [{"format": f, "transitions": n, "battles": len(b)} for f, (n, b) in expected.items()]
     assert got and got == sorted(want, key=lambda row: (row["format"] is not None, row["format"] or ""))
     assert pl.__version__  # the polars this ran under
+
+
+# -- the grammar against a three-valued evaluator written out here --------------------------------
+
+_NUMERIC = {"rating": [1400.0, 1500, 1500.5], "turns": [3, 20], "uploadtime": [-3, 1_700_000_000]}
+_STRINGS = {"format": ["gen9ou", 'a"b'], "agent": ["random", "é"], "player": ["p1"]}
+
+
+def _test_strategy():
+    from hypothesis import strategies as st
+
+    numeric = st.tuples(st.sampled_from(sorted(_NUMERIC)), st.sampled_from(["==", "!=", "<", "<=", ">", ">="]))
+    compare_num = numeric.flatmap(lambda p: st.sampled_from(_NUMERIC[p[0]]).map(lambda v: ("cmp", p[0], p[1], v)))
+    compare_str = st.sampled_from(sorted(_STRINGS)).flatmap(
+        lambda n: st.tuples(st.sampled_from(["==", "!="]), st.sampled_from(_STRINGS[n])).map(lambda p: ("cmp", n, *p))
+    )
+    member = st.sampled_from(sorted(_STRINGS)).flatmap(
+        lambda n: st.lists(st.sampled_from(_STRINGS[n]), min_size=1, max_size=2).map(lambda v: ("in", n, tuple(v)))
+    )
+    null = st.tuples(st.just("null"), st.sampled_from(sorted(where.COLUMNS)), st.booleans())
+    leaf = st.one_of(compare_num, compare_str, member, null)
+    return st.recursive(leaf, lambda inner: st.one_of(
+        st.tuples(st.sampled_from(["and", "or"]), inner, inner), st.tuples(st.just("not"), inner)), max_leaves=6)
+
+
+def _evaluate(node, row):  # SQL's three-valued logic: None is unknown
+    kind = node[0]
+    if kind == "not":
+        value = _evaluate(node[1], row)
+        return None if value is None else not value
+    if kind in ("and", "or"):
+        left, right = _evaluate(node[1], row), _evaluate(node[2], row)
+        if kind == "and":
+            return False if False in (left, right) else None if None in (left, right) else True
+        return True if True in (left, right) else None if None in (left, right) else False
+    value = row[node[1]]
+    if kind == "null":
+        return (value is None) == node[2]
+    if kind == "in":
+        return value is not None and value in node[2]
+    if value is None:
+        return None
+    other = node[3]
+    return {"==": value == other, "!=": value != other, "<": value < other, "<=": value <= other,
+            ">": value > other, ">=": value >= other}[node[2]]  # fmt: skip
+
+
+def test_where_matches_a_three_valued_evaluator():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    columns = {n: [*v, None] for n, v in {**_NUMERIC, **_STRINGS}.items()}
+    row = st.fixed_dictionaries({n: st.sampled_from(v) for n, v in columns.items()})
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(_test_strategy(), st.lists(row, min_size=1, max_size=8))
+    def check(node, rows):
+        text = where._show(node)
+        assert where.canonical(text) == text  # _show writes the canonical text
+        types = {n: (pa.string() if where.COLUMNS[n] == "string" else getattr(pa, where.COLUMNS[n])())
+                 for n in columns}  # fmt: skip
+        table = pa.table({n: pa.array([r[n] for r in rows], type=t) for n, t in types.items()})
+        got = ds.dataset(table).to_table(columns={"keep": where.expression(text)}).column("keep").to_pylist()
+        assert [bool(g) for g in got] == [_evaluate(node, r) is True for r in rows], text
+
+    check()
