@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,8 +255,6 @@ _STRINGS = {"format": ["gen9ou", 'a"b'], "agent": ["random", "é"], "player": ["
 
 
 def _test_strategy():
-    from hypothesis import strategies as st
-
     numeric = st.tuples(st.sampled_from(sorted(_NUMERIC)), st.sampled_from(["==", "!=", "<", "<=", ">", ">="]))
     compare_num = numeric.flatmap(lambda p: st.sampled_from(_NUMERIC[p[0]]).map(lambda v: ("cmp", p[0], p[1], v)))
     compare_str = st.sampled_from(sorted(_STRINGS)).flatmap(
@@ -290,12 +292,6 @@ def _evaluate(node, row):  # SQL's three-valued logic: None is unknown
 
 
 def test_where_matches_a_three_valued_evaluator():
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
     columns = {n: [*v, None] for n, v in {**_NUMERIC, **_STRINGS}.items()}
     row = st.fixed_dictionaries({n: st.sampled_from(v) for n, v in columns.items()})
 
