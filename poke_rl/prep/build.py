@@ -31,7 +31,7 @@ from poke_rl import where
 from poke_rl.console import Progress
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
-from poke_rl.manifest import SPLITS, new_manifest
+from poke_rl.manifest import MANIFEST_NAME, SPLITS, new_manifest, parse_manifest
 from poke_rl.prep import report
 from poke_rl.prep.inputs import InputFile, compressed_chunks, plain_ranges, resolve_inputs
 from poke_rl.prep.options import PrepOptions, PrepResult
@@ -49,7 +49,14 @@ from poke_rl.prep.rules import (
     settings_match,
     shards_intact,
 )
-from poke_rl.prep.staging import finish, locked, new_staging, recover, signals_interrupt
+from poke_rl.prep.staging import (
+    STAGING_PREFIX,
+    finish,
+    locked,
+    new_staging,
+    recover,
+    signals_interrupt,
+)
 from poke_rl.prep.work import (
     BuildSettings,
     ChunkOutcome,
@@ -129,8 +136,16 @@ def run_prep(inputs: list[str], out: str | Path, options: PrepOptions) -> PrepRe
 
 
 def _recorded_inputs(out: Path) -> dict[str, dict[str, Any]]:
-    """The inputs OUT's (valid) manifest records with bytes and sha256, by path."""
+    """The inputs OUT's (valid) manifest records with bytes and sha256, by path; read before the
+    lock, so also a complete staging's (a killed swap, which ``recover`` will finish)."""
     old = existing_manifest(out) if out.is_dir() else None
+    for staging in sorted(out.glob(STAGING_PREFIX + "*")) if old is None and out.is_dir() else []:
+        if (staging / MANIFEST_NAME).is_file():
+            try:
+                old = parse_manifest((staging / MANIFEST_NAME).read_bytes(), str(staging))
+            except (OSError, PokeRLError):
+                old = None
+            break
     entries = old.get("inputs", []) if old else []
     return {
         e["path"]: e for e in entries if isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from typer.testing import CliRunner
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from prep_reference import reference_split  # noqa: E402
+from prep_reference import reference_split, run_killed, tree_bytes  # noqa: E402
 
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
 from poke_rl import schema, shards, where  # noqa: E402
@@ -307,3 +309,40 @@ def test_where_matches_a_three_valued_evaluator():
         assert [bool(g) for g in got] == [_evaluate(node, r) is True for r in rows], text
 
     check()
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_rebuild_from_the_parquet_leaves_old_or_new(corpus, tmp_path):
+    """A new --val-fraction and --where rebuild (parts rewritten, shards rebuilt, the JSONL gone)
+    killed at any moment leaves the old output or the new one, and the next run completes it."""
+    path, _ = corpus
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(path.read_bytes())
+    poke_rl = str(Path(sys.executable).parent / "poke-rl")
+    old_out = tmp_path / "old"
+    subprocess.run([poke_rl, "prep", str(source), str(old_out), "--no-progress", "--block-size", "64",
+                    "--val-fraction", "0.2"], check=True, capture_output=True)  # fmt: skip
+    source.unlink()
+    old_expected = tree_bytes(old_out)
+
+    def command(out: Path) -> list[str]:
+        return [poke_rl, "prep", str(source), str(out), "--no-progress", "--block-size", "64",
+                "--val-fraction", "0.5", "--where", EXPR]  # fmt: skip
+
+    clean = tmp_path / "clean"
+    shutil.copytree(old_out, clean)
+    subprocess.run(command(clean), check=True, capture_output=True)
+    expected = tree_bytes(clean)
+    assert expected != old_expected
+    for number, (phase, delay_s) in enumerate([("manifest", 0), ("swap", 0), (None, 0.8), (None, 1.3)]):
+        out = tmp_path / f"out{number}"
+        shutil.copytree(old_out, out)
+        run_killed(command(out), phase, delay_s)
+        state = tree_bytes(out)
+        if "manifest.json" in state:
+            assert state in (old_expected, expected), phase
+        else:
+            assert phase == "swap" or delay_s, phase
+        subprocess.run(command(out), check=True, capture_output=True)
+        assert tree_bytes(out) == expected, phase
+        assert not list(out.glob(".prep-staging-*"))
