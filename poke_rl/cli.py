@@ -103,6 +103,11 @@ def prep(
         False, "--strict/--no-strict", help="Exit 2 on the first rejected line."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    where: str | None = typer.Option(
+        None, "--where", metavar="EXPR",
+        help='Keep in the tensor shards only trajectories whose metadata match, e.g. '
+        '\'rating >= 1500 and format == "gen9randombattle"\' (the Parquet keeps all).',
+    ),
 ) -> None:
     """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
     from poke_rl.prep import PrepInterrupted, PrepOptions, run_prep
@@ -114,6 +119,7 @@ def prep(
         force=force,
         strict=strict,
         progress=progress,
+        where=where,
     )
     try:
         run_prep(inputs, out, options)

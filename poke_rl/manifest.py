@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from poke_rl import where
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file, file_sha256
 from poke_rl.locations import is_url, read_location, shard_location
@@ -331,6 +332,31 @@ def _check_manifest(manifest: Any) -> None:
     if block_size < 1:
         raise _Invalid(f"block_size is {block_size}, not a positive integer")
     _get(manifest, "val_fraction", "", _fraction)
+    _where_entry(_get(manifest, "where", "", _object, required=False))
+
+
+def _where_entry(node: dict | None) -> None:
+    """``where`` (prep --where): absent (no filter, an older manifest) or ``{"expression": the
+    canonical text or null, "dropped_trajectories", "dropped_transitions"}``."""
+    if node is None:
+        return
+    if "expression" not in node:
+        raise _Invalid("where.expression is missing")
+    text = node["expression"]
+    if text is not None:
+        _text(text, "where.expression")
+        try:
+            same = where.canonical(text) == text
+        except PokeRLError as exc:
+            why = str(exc).split(": ", 1)[-1].split(" (see README")[0]
+            raise _Invalid(f"where.expression {_show(text)} is not a --where expression: {why}") from None
+        if not same:
+            raise _Invalid(f"where.expression {_show(text)} is not in the form prep writes")
+    dropped = [_get(node, key, "where.", _count) for key in ("dropped_trajectories", "dropped_transitions")]
+    if text is None and any(dropped):
+        raise _Invalid("where drops trajectories but records no expression")
+    if dropped[1] and not dropped[0]:
+        raise _Invalid("where.dropped_transitions is not 0 but no trajectory was dropped")
 
 
 def count_problems(manifest: dict[str, Any]) -> list[str]:

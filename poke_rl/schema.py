@@ -342,10 +342,37 @@ class CheckedTrajectory:
     terminal: bool  # last step has done: true (else the last step is dropped as truncated)
     masks_repaired: int = 0
     ids_out_of_range: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)  # trajectory_metadata(record)
     transitions: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.transitions = len(self.actions) if self.terminal else len(self.actions) - 1
+
+
+# Trajectory keys outside the contract kept as nullable Parquet columns (name, Arrow type); absent,
+# null, another JSON type or out of range is null (never a reject). turns, uploadtime: integers.
+METADATA_FIELDS = (
+    ("format", "string"), ("agent", "string"), ("rating", "float64"), ("turns", "int32"),
+    ("uploadtime", "int64"),
+)
+
+
+def trajectory_metadata(record: Mapping) -> dict[str, Any]:
+    """The ``METADATA_FIELDS`` of a record, each its value or None (see above)."""
+    out: dict[str, Any] = {}
+    for name, kind in METADATA_FIELDS:
+        value = record.get(name)
+        if kind == "string":
+            value = value if isinstance(value, str) else None
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            value = None
+        elif kind == "float64":
+            value = float(value) if math.isfinite(value) else None
+        else:  # int32, int64
+            bound = 2 ** (31 if kind == "int32" else 63)
+            value = value if isinstance(value, int) and -bound <= value < bound else None
+        out[name] = value
+    return out
 
 
 REQUIRED_STEP_KEYS = ("observation", "action_type", "action_target", "reward", "done")
@@ -433,6 +460,7 @@ def validate_trajectory(record: Any) -> CheckedTrajectory:
         terminal=done_last,
         masks_repaired=repaired,
         ids_out_of_range=ids_out,
+        metadata=trajectory_metadata(record),
     )
 
 
@@ -480,7 +508,12 @@ def transition_arrow_schema():
         pa.field("mask", mask, nullable=False),
         pa.field("next_mask", mask, nullable=False),
     ]
-    return pa.schema(head + observation_arrow_fields("obs_") + observation_arrow_fields("next_obs_"))
+    tail = [pa.field("split", pa.string(), nullable=False)] + [
+        pa.field(name, getattr(pa, kind)()) for name, kind in METADATA_FIELDS
+    ]
+    return pa.schema(
+        head + observation_arrow_fields("obs_") + observation_arrow_fields("next_obs_") + tail
+    )
 
 
 if __name__ == "__main__":  # regenerate the table in docs/TRAJECTORY.md

@@ -4,6 +4,7 @@ and a prep run killed at a phase."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -47,8 +48,15 @@ def _filled(spec: schema.ObsField, value):
     return value
 
 
-def reference_rows(accepted: list[schema.CheckedTrajectory]) -> list[dict]:
-    """Transition rows as ``Table.to_pylist`` gives them, built step by step."""
+def reference_split(replay_id: str, val_fraction: float) -> str:
+    """DESIGN's split, written out: val when blake2b-64 of the replay_id < val_fraction * 2**64."""
+    digest = int.from_bytes(hashlib.blake2b(replay_id.encode(), digest_size=8).digest(), "big")
+    return "val" if val_fraction > 0 and digest < val_fraction * 2.0**64 else "train"
+
+
+def reference_rows(accepted: list[schema.CheckedTrajectory], val_fraction: float = 0.0) -> list[dict]:
+    """Transition rows as ``Table.to_pylist`` gives them, built step by step (``split`` as prep
+    with ``val_fraction`` writes it; ``explode`` alone writes train)."""
     rows = []
     for c in accepted:
         n = len(c.actions)
@@ -70,6 +78,8 @@ def reference_rows(accepted: list[schema.CheckedTrajectory]) -> list[dict]:
                 zero = schema._default(spec)
                 value = c.observations[t + 1][spec.name] if has_next else zero
                 row["next_obs_" + spec.name] = _filled(spec, value)
+            row["split"] = reference_split(c.replay_id, val_fraction)
+            row.update(c.metadata)
             rows.append(row)
     return rows
 

@@ -95,7 +95,11 @@ def triage(raw: RawRecord, seen: set[str]) -> tuple[str, dict[str, Any]]:
     specs = replay.get("player_specs")
     agents = {side: name for side, name in specs.items() if isinstance(name, str)} \
         if isinstance(specs, dict) else {}
-    return replay_id, {"id": replay_id, "log": log, "inputlog": inputlog, "agents": agents}
+    # the replay's rating and upload time go into both trajectories (prep's metadata columns)
+    meta = {key: replay[key] for key in ("rating", "uploadtime")
+            if isinstance(replay.get(key), int | float) and not isinstance(replay.get(key), bool)}
+    return replay_id, {"id": replay_id, "log": log, "inputlog": inputlog, "agents": agents,
+                       "meta": meta}
 
 
 def convert_battle(battle: dict[str, Any], simulator: Resimulator) -> tuple[list[bytes], int, int]:
@@ -111,7 +115,9 @@ def convert_battle(battle: dict[str, Any], simulator: Resimulator) -> tuple[list
     chunks = simulator.resimulate(log.formatid, log.lines)
     verify_log(recorded, chunks)
     rebuilt = rebuild(chunks, log, battle["id"], battle["agents"])
-    lines = [orjson.dumps(record) for record in rebuilt.records]
+    meta = battle.get("meta", {})
+    lines = [orjson.dumps({**{k: v for k, v in r.items() if k != "steps"}, **meta, "steps": r["steps"]})
+             for r in rebuilt.records]  # fmt: skip
     return lines, sum(len(r["steps"]) for r in rebuilt.records), rebuilt.tera_choices
 
 

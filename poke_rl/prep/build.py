@@ -27,10 +27,11 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
+from poke_rl import where
 from poke_rl.console import Progress
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
-from poke_rl.manifest import SPLITS, new_manifest
+from poke_rl.manifest import MANIFEST_NAME, SPLITS, new_manifest, parse_manifest
 from poke_rl.prep import report
 from poke_rl.prep.inputs import InputFile, compressed_chunks, plain_ranges, resolve_inputs
 from poke_rl.prep.options import PrepOptions, PrepResult
@@ -48,7 +49,14 @@ from poke_rl.prep.rules import (
     settings_match,
     shards_intact,
 )
-from poke_rl.prep.staging import finish, locked, new_staging, recover, signals_interrupt
+from poke_rl.prep.staging import (
+    STAGING_PREFIX,
+    finish,
+    locked,
+    new_staging,
+    recover,
+    signals_interrupt,
+)
 from poke_rl.prep.work import (
     BuildSettings,
     ChunkOutcome,
@@ -80,9 +88,12 @@ def run_prep(inputs: list[str], out: str | Path, options: PrepOptions) -> PrepRe
         raise PokeRLError(f"--val-fraction must be in 0..1, got {options.val_fraction}")
     if options.block_size < 1 or options.workers < 1:
         raise PokeRLError("--block-size and --workers must be at least 1")
+    options = dataclasses.replace(options, where=where.canonical(options.where))  # exit 2 if bad
     folders: list[Path] = []
-    files = resolve_inputs(inputs, folders)
     out = Path(out)
+    recorded = _recorded_inputs(out)
+    files = resolve_inputs(inputs, folders, {p: e["bytes"] for p, e in recorded.items()})
+    gone = [f for f in files if f.missing]
     if out.exists() and not out.is_dir():
         raise PokeRLError(f"output {out} exists and is not a folder")
     refuse_overlap(out, files, folders)
@@ -96,8 +107,13 @@ def run_prep(inputs: list[str], out: str | Path, options: PrepOptions) -> PrepRe
         if old is not None and not options.force:
             refuse_dropped_inputs(out, files, old)
         hashes = None
+        now = _recorded_inputs(out) if gone else {}
+        if any(now.get(str(f.path)) != recorded[str(f.path)] for f in gone):  # OUT changed meanwhile
+            raise PokeRLError(f"input {gone[0].argument} does not exist")
         if old is not None and not options.force and same_sizes(files, old):
-            hashes = [cached_sha256(out, f) for f in files]
+            hashes = [
+                recorded[str(f.path)]["sha256"] if f.missing else cached_sha256(out, f) for f in files
+            ]
             if same_inputs(files, hashes, old) and parts_intact(out, old):
                 if settings_match(old, preprocessor, options) and shards_intact(out, old):
                     result = PrepResult("up_to_date", old, time.perf_counter() - started)
@@ -107,10 +123,33 @@ def run_prep(inputs: list[str], out: str | Path, options: PrepOptions) -> PrepRe
                 result.elapsed_s = time.perf_counter() - started
                 report.print_summary(out, result, options)
                 return result
+        if gone:
+            raise PokeRLError(
+                f"input {gone[0].argument} does not exist: {out} holds its transitions, but a "
+                "change of the inputs, their schema or --force needs every input read again; "
+                "restore it, or leave it off the command line with --force"
+            )
         result = _full_build(files, hashes, out, preprocessor, options)
         result.elapsed_s = time.perf_counter() - started
         report.print_summary(out, result, options)
         return result
+
+
+def _recorded_inputs(out: Path) -> dict[str, dict[str, Any]]:
+    """The inputs OUT's (valid) manifest records with bytes and sha256, by path; read before the
+    lock, so also a complete staging's (a killed swap, which ``recover`` will finish)."""
+    old = existing_manifest(out) if out.is_dir() else None
+    for staging in sorted(out.glob(STAGING_PREFIX + "*")) if old is None and out.is_dir() else []:
+        if (staging / MANIFEST_NAME).is_file():
+            try:
+                old = parse_manifest((staging / MANIFEST_NAME).read_bytes(), str(staging))
+            except (OSError, PokeRLError):
+                old = None
+            break
+    entries = old.get("inputs", []) if old else []
+    return {
+        e["path"]: e for e in entries if isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+    }
 
 
 def _name_shards(staging: Path, staged: list[tuple[int, dict[str, ShardInfo]]]) -> dict[str, Any]:
@@ -139,6 +178,7 @@ def _manifest(
     splits: dict[str, Any],
     options: PrepOptions,
     parts: list[dict[str, Any]],
+    dropped: tuple[int, int],
 ) -> dict[str, Any]:
     return new_manifest(
         preprocessor=preprocessor.manifest_entry(),
@@ -148,6 +188,8 @@ def _manifest(
         val_fraction=options.val_fraction,
         block_size=options.block_size,
         parts=parts,  # the Parquet parts prep wrote: what it may replace in transitions/
+        where={"expression": options.where, "dropped_trajectories": dropped[0],
+               "dropped_transitions": dropped[1]},  # fmt: skip
     )
 
 
@@ -220,7 +262,7 @@ def _full_build(
     (staging / "transitions").mkdir()
     settings = BuildSettings(
         str(staging), options.val_fraction, options.block_size, options.feature_config, os.getpid(),
-        parse_threads=options.threads_per_worker,
+        parse_threads=options.threads_per_worker, where=options.where,
     )
     hasher = cf.ThreadPoolExecutor(1)
     hash_future = hasher.submit(lambda: hashes or [cached_sha256(out, f) for f in files])
@@ -234,6 +276,7 @@ def _full_build(
     staged: list[tuple[int, dict[str, ShardInfo]]] = []
     parts: list[dict[str, Any]] = []
     json_bytes = reference_lines = 0
+    dropped = [0, 0]
     file_lines = [0] * len(files)
     consumed_before = [0] * len(files)
     total_bytes = sum(f.bytes for f in files)
@@ -270,6 +313,8 @@ def _full_build(
                 parts.append(_part_entry(staging, outcome.index, outcome.transitions))
                 json_bytes += outcome.json_bytes
                 reference_lines += outcome.reference_lines
+                dropped[0] += outcome.dropped[0]
+                dropped[1] += outcome.dropped[1]
                 progress.update(advance=consumed - consumed_before[number],
                                 info=f"{counts['trajectories']:,} trajectories")
                 consumed_before[number] = consumed
@@ -289,7 +334,7 @@ def _full_build(
             {"path": str(f.path), "bytes": f.bytes, "sha256": sha}
             for f, sha in zip(files, hash_future.result(), strict=True)
         ]
-        manifest = _manifest(preprocessor, inputs, counts, splits, options, parts)
+        manifest = _manifest(preprocessor, inputs, counts, splits, options, parts, tuple(dropped))
         finish(out, staging, manifest)
         remember_hashes(out, files, [e["sha256"] for e in inputs])
         ok = True
@@ -334,8 +379,12 @@ def _rebuild_tensors(
     out: Path, old: dict[str, Any], preprocessor: Preprocessor, options: PrepOptions
 ) -> PrepResult:
     staging = new_staging(out)
+    rewrite = old.get("val_fraction") != options.val_fraction  # the parts' split column changes
+    if rewrite:
+        (staging / "transitions").mkdir()
     settings = BuildSettings(
-        str(staging), options.val_fraction, options.block_size, options.feature_config, os.getpid()
+        str(staging), options.val_fraction, options.block_size, options.feature_config, os.getpid(),
+        where=options.where, rewrite_parts=rewrite,
     )
     parts = part_paths(out / "transitions")
     runner = _Runner(options.workers, options.threads_per_worker)
@@ -344,19 +393,25 @@ def _rebuild_tensors(
     ok = False
     try:
         staged = []
+        dropped = [0, 0]
         items = ((p, (str(p), int(p.stem.split("-")[1]), settings)) for p in parts)
-        for path, infos in runner.ordered(rebuild_part, items):
-            staged.append((int(path.stem.split("-")[1]), infos))
+        for path, written in runner.ordered(rebuild_part, items):
+            staged.append((int(path.stem.split("-")[1]), written.shards))
+            dropped[0] += written.dropped_trajectories
+            dropped[1] += written.dropped_transitions
             progress.update(advance=path.stat().st_size)
         progress.close()
         splits = _name_shards(staging, staged)
         counts = dict(old["counts"])
         counts["transitions"] = sum(splits[s]["transitions"] for s in SPLITS)
         old_parts = old.get("parts")
-        if not isinstance(old_parts, list):  # a manifest from before parts were recorded
-            old_parts = [_part_entry(out, int(p.stem.split("-")[1]), pq.ParquetFile(p).metadata.num_rows)
+        if rewrite or not isinstance(old_parts, list):  # rewritten, or not recorded (old manifest)
+            root = staging if rewrite else out
+            old_parts = [_part_entry(root, int(p.stem.split("-")[1]), pq.ParquetFile(p).metadata.num_rows)
                          for p in parts]  # fmt: skip
-        manifest = _manifest(preprocessor, old["inputs"], counts, splits, options, old_parts)
+        manifest = _manifest(
+            preprocessor, old["inputs"], counts, splits, options, old_parts, (dropped[0], dropped[1])
+        )
         finish(out, staging, manifest)
         ok = True
     finally:

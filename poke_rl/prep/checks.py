@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from poke_rl import schema
-from poke_rl.prep.steps import NUMPY_KIND, StepBatch, empty_batch
+from poke_rl.prep.steps import NUMPY_KIND, StepBatch, empty_batch, meta_from_input
 
 _FLOAT_SLACK = 1e-9  # columnar reward sums flag a little early; the reference decides exactly
 _EXACT_SUM_LIMIT = 1e3  # Σ|reward| up to this: float64 summation error ≪ _FLOAT_SLACK
@@ -189,6 +189,7 @@ def check_table(table: pa.Table, lines: np.ndarray) -> CheckedTable:
         reward=reward32,
         done=done,
         mask=mask,
+        meta=meta_from_input(table),
     )
     return CheckedTable(batch.take_rows(accepted_rows), np.flatnonzero(row_bad))
 

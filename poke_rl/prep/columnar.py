@@ -62,6 +62,12 @@ def input_arrow_schema() -> pa.Schema:
             pa.field("player", pa.string()),
             pa.field("total_reward", pa.float64()),
             pa.field("steps", pa.list_(step)),
+            # metadata as read (int32 is narrowed later): a value of another JSON type fails the
+            # read, so that line goes to the reference (``schema.trajectory_metadata``)
+            *(
+                pa.field(name, pa.int64() if kind == "int32" else getattr(pa, kind)())
+                for name, kind in schema.METADATA_FIELDS
+            ),
         ]
     )
 

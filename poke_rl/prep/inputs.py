@@ -25,6 +25,7 @@ class InputFile:
     path: Path
     argument: str  # the command-line input it came from
     bytes: int
+    missing: bool = False  # gone, but OUT's manifest records it (a rebuild from Parquet only)
 
     @property
     def codec(self) -> str | None:
@@ -36,8 +37,13 @@ class InputFile:
         return None
 
 
-def resolve_inputs(arguments: list[str], folders: list[Path] | None = None) -> list[InputFile]:
+def resolve_inputs(
+    arguments: list[str], folders: list[Path] | None = None, recorded: dict[str, int] | None = None
+) -> list[InputFile]:
     """Expand files, directories (recursively, ``SUFFIXES`` only) and globs; sorted, unique.
+
+    A plain path that does not exist but ``recorded`` holds (OUT's manifest: resolved path →
+    bytes) is returned ``missing``: OUT's Parquet holds its transitions.
 
     Directories are walked following symbolic links, each real directory once (a link loop is
     walked once, not forever). Raises ``PokeRLError`` naming an argument that matches nothing,
@@ -57,6 +63,10 @@ def resolve_inputs(arguments: list[str], folders: list[Path] | None = None) -> l
             matches = _glob_files(argument, folders)
             if not matches:
                 raise PokeRLError(f"input pattern {argument} matches no files")
+        elif recorded and str(path.resolve()) in recorded:
+            resolved = path.resolve()
+            found.setdefault(resolved, InputFile(resolved, argument, recorded[str(resolved)], missing=True))
+            continue
         else:
             raise PokeRLError(f"input {argument} does not exist")
         for match in matches:

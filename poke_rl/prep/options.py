@@ -23,6 +23,7 @@ class PrepOptions:
     feature_config: FeatureConfig = field(default_factory=FeatureConfig)
     chunk_bytes: int = CHUNK_BYTES
     threads: int | None = None  # per worker; None: cores // workers (1 = strictly serial)
+    where: str | None = None  # prep --where EXPR (``poke_rl.where``): trajectories in the shards
 
     @property
     def threads_per_worker(self) -> int:

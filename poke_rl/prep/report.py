@@ -47,7 +47,8 @@ def print_summary(out: Path, result: PrepResult, options: PrepOptions) -> None:
     elapsed = max(result.elapsed_s, 1e-9)
     rows: list[tuple[str, str]] = []
     if result.action == "tensors":
-        rows.append(("action", "tensor shards rebuilt from the Parquet (preprocessor or layout changed)"))
+        rows.append(("action", "tensor shards rebuilt from the Parquet "
+                     "(preprocessor, layout, split or --where changed)"))
     else:
         accepted = counts["trajectories"] - counts["rejected"]
         codes = ", ".join(f"{code} {n:,}" for code, n in sorted(result.rejected_by_code.items()))
@@ -61,6 +62,11 @@ def print_summary(out: Path, result: PrepResult, options: PrepOptions) -> None:
             ("masks repaired / ids out of range",
              f"{counts['masks_repaired']:,} / {counts['ids_out_of_range']:,}"),
         ]  # fmt: skip
+    selected = manifest.get("where")
+    if selected and selected["expression"] is not None:
+        rows.append(("--where", f"{selected['expression']}: left out {selected['dropped_trajectories']:,} "
+                                f"trajectories, {selected['dropped_transitions']:,} transitions "
+                                "(kept in the Parquet)"))  # fmt: skip
     throughput = f"{counts['transitions'] / elapsed:,.0f} transitions/s"
     if result.json_bytes:
         throughput = f"{result.json_bytes / 1e6 / elapsed:,.1f} MB/s, " + throughput

@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from poke_rl import schema
+from poke_rl import schema, where
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
 from poke_rl.files import file_sha256
@@ -65,7 +65,13 @@ def settings_match(old: dict[str, Any], preprocessor: Preprocessor, options: Pre
         old.get("preprocessor", {}).get("fingerprint") == preprocessor.fingerprint
         and old.get("val_fraction") == options.val_fraction
         and old.get("block_size") == options.block_size
+        and where_of(old)["expression"] == where.canonical(options.where)
     )
+
+
+def where_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's ``where`` entry; a manifest from before ``--where`` had no filter."""
+    return manifest.get("where") or {"expression": None, "dropped_trajectories": 0, "dropped_transitions": 0}
 
 
 def part_paths(folder: Path) -> list[Path]:
@@ -85,7 +91,8 @@ def parts_intact(out: Path, old: dict[str, Any]) -> bool:
             rows += part.metadata.num_rows
     except (OSError, ValueError, pa.ArrowException):
         return False
-    return rows == old.get("counts", {}).get("transitions")
+    kept = old.get("counts", {}).get("transitions")
+    return isinstance(kept, int) and rows == kept + where_of(old)["dropped_transitions"]
 
 
 def shards_intact(out: Path, old: dict[str, Any]) -> bool:

@@ -8,10 +8,25 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from poke_rl import schema
 
 NUMPY_KIND = {"int": np.int32, "float": np.float32, "bool": np.bool_}  # Parquet dtypes by kind
+META_SCHEMA = pa.schema([pa.field(n, getattr(pa, k)()) for n, k in schema.METADATA_FIELDS])
+
+
+def meta_from_input(table: pa.Table) -> pa.Table:
+    """The metadata columns of an Arrow-read chunk (``columnar.input_arrow_schema``), in
+    ``META_SCHEMA``; an integer outside int32 is null, as ``schema.trajectory_metadata`` says."""
+    arrays = []
+    for field in META_SCHEMA:
+        column = table.column(field.name).combine_chunks()
+        if field.type == pa.int32():  # null condition (null value) stays null
+            inside = pc.and_(pc.greater_equal(column, -(2**31)), pc.less(column, 2**31))
+            column = pc.if_else(inside, column, pa.scalar(None, pa.int64()))
+        arrays.append(column.cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=META_SCHEMA)
 
 
 @dataclass
@@ -36,6 +51,7 @@ class StepBatch:
     reward: np.ndarray
     done: np.ndarray
     mask: np.ndarray
+    meta: pa.Table  # META_SCHEMA, one row per trajectory
 
     @property
     def rows(self) -> int:
@@ -64,6 +80,7 @@ class StepBatch:
             reward=self.reward[step_index],
             done=self.done[step_index],
             mask=self.mask[step_index],
+            meta=self.meta.take(index),
         )
 
 
@@ -96,6 +113,7 @@ def concat_batches(batches: list[StepBatch]) -> StepBatch:
             reward=np.concatenate([b.reward for b in batches]),
             done=np.concatenate([b.done for b in batches]),
             mask=np.concatenate([b.mask for b in batches]),
+            meta=pa.concat_tables([b.meta for b in batches]).combine_chunks(),
         )
     order = np.argsort(merged.line, kind="stable")
     if np.array_equal(order, np.arange(merged.rows)):
@@ -137,6 +155,7 @@ def batch_from_checked(lines: list[int], checked: list[schema.CheckedTrajectory]
         reward=np.array([r for c in checked for r in c.rewards], dtype=np.float64).astype(np.float32),
         done=np.array(done, dtype=bool),
         mask=mask,
+        meta=pa.Table.from_pylist([c.metadata for c in checked], schema=META_SCHEMA),
     )
 
 
@@ -150,8 +169,12 @@ class Explode:
     truncated: int
 
 
-def explode(batch: StepBatch, arrow_schema: pa.Schema | None = None) -> Explode:
-    """Steps → transitions (s, a, r, s', done, masks); terminal kept, truncated last dropped."""
+def explode(
+    batch: StepBatch, in_val: np.ndarray | None = None, arrow_schema: pa.Schema | None = None
+) -> Explode:
+    """Steps → transitions (s, a, r, s', done, masks); terminal kept, truncated last dropped.
+    ``in_val`` (per trajectory; default all train) fills the ``split`` column; each row repeats
+    its trajectory's metadata."""
     arrow_schema = arrow_schema or schema.transition_arrow_schema()
     n_steps = batch.n_steps
     starts = np.concatenate([[0], np.cumsum(n_steps)[:-1]]).astype(np.int64)
@@ -181,7 +204,11 @@ def explode(batch: StepBatch, arrow_schema: pa.Schema | None = None) -> Explode:
         following = column[nxt]
         following[~has_next] = 0
         next_arrays.append(_fixed(following) if spec.length else pa.array(following))
-    table = pa.Table.from_arrays(arrays + next_arrays, schema=arrow_schema)
+    in_val = np.zeros(batch.rows, dtype=bool) if in_val is None else in_val
+    split = np.array(["train", "val"], dtype=object)[in_val.astype(np.int64)]
+    tail = [pa.array(split, type=pa.string()).take(rows)]
+    tail += [batch.meta.column(name).combine_chunks().take(rows) for name in META_SCHEMA.names]
+    table = pa.Table.from_arrays(arrays + next_arrays + tail, schema=arrow_schema)
     terminal = int(batch.terminal.sum())
     return Explode(table, terminal, batch.rows - terminal)
 

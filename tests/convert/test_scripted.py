@@ -214,8 +214,12 @@ def test_a_tie(simulator: Resimulator) -> None:
                                                  "p2": Script(["charm", "charm"])},
                              seed=[13, 14, 15, 16], end=">forcetie")
     assert "|tie" in replay["log"].split("\n") and "|win|" not in replay["log"]
+    replay["meta"] = {"rating": 1523, "uploadtime": 1_700_000_123}  # as triage reads a replay's
     records = assert_steps_are_the_choices(replay, decisions, simulator)
     assert [r["total_reward"] for r in records] == [0.0, 0.0]
+    assert [(r["format"], r["agent"], r["rating"], r["uploadtime"]) for r in records] == [
+        (FORMAT, "script", 1523, 1_700_000_123)
+    ] * 2 and all(isinstance(r["turns"], int) and r["turns"] >= 1 for r in records)
     assert all(r["steps"][-1]["done"] for r in records)
 
 

@@ -102,5 +102,10 @@ def test_triage_accepts_log_and_inputlog_as_lists_and_rejects_duplicates() -> No
     replay_id, battle = triage(RawRecord("f", 1, server_style), seen)
     assert replay_id == "b1" and battle["log"] == "|gen|9\n|win|a"
     assert battle["inputlog"] == ">start {}\n>p1 pass" and battle["agents"] == {"p1": "random"}
+    assert battle["meta"] == {}  # no rating or uploadtime in the replay
+    rated = dict(server_style, id="b2", rating=1600, uploadtime=1_700_000_000)
+    assert triage(RawRecord("f", 3, rated), seen)[1]["meta"] == {"rating": 1600, "uploadtime": 1_700_000_000}
+    odd = dict(server_style, id="b3", rating=True, uploadtime="yesterday")
+    assert triage(RawRecord("f", 4, odd), seen)[1]["meta"] == {}  # prep would store null anyway
     with pytest.raises(Rejected, match="^duplicate:"):
         triage(RawRecord("f", 2, server_style), seen)

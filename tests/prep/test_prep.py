@@ -231,7 +231,7 @@ def test_manifest_counts_and_rejects(built):
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert manifest == result.manifest
     assert list(manifest) == ["format_version", "preprocessor", "inputs", "counts", "splits",
-                              "val_fraction", "block_size", "parts"]  # fmt: skip
+                              "val_fraction", "block_size", "parts", "where"]  # fmt: skip
     parts = sorted((out / "transitions").glob("*.parquet"))  # every part is recorded: prep owns it
     assert manifest["parts"] == [
         {"path": f"transitions/{p.name}", "transitions": pq.ParquetFile(p).metadata.num_rows,
@@ -265,7 +265,7 @@ def test_parquet_and_shards_hold_the_same_transitions(built):
     _, accepted = reference_decisions([line for _, line in lines])
     table = pq.read_table(out / "transitions")
     assert table.schema == schema.transition_arrow_schema()
-    assert table.to_pylist() == reference_rows(accepted)  # parts in input order
+    assert table.to_pylist() == reference_rows(accepted, OPTS.val_fraction)  # parts in input order
     assert pq.ParquetFile(next((out / "transitions").iterdir())).metadata.row_group(0).column(0).compression == "ZSTD"
     pre = Preprocessor()
     layout = pre.state_layout()
