@@ -5,7 +5,8 @@ Every field must be equal (the trajectory's ``replay_id``, ``player``, ``total_r
 one documented difference: a switch offered while the request said ``maybeTrapped`` that Showdown
 refused live. Live, the step was decided again on the updated request (no switches legal); the
 input log holds only the move finally played, so the converted step has the first request's mask:
-the same action and observation, and a mask that also allows the switches.
+the same action and observation, and a mask that also allows the switches (in schema v2 the live
+observation may also say ``trapped``, from that updated request).
 
 A live trajectory recorded before schema v2 (no ``schema_version`` in its observations) is
 compared on the fields it has: the converted v2 observation must hold it exactly.
@@ -52,10 +53,21 @@ def _read(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def trapped_mask_only(live: dict[str, Any], converted: dict[str, Any]) -> bool:
-    """The two steps differ only as a refused ``maybeTrapped`` switch makes them differ."""
+    """The two steps differ only as a refused ``maybeTrapped`` switch makes them differ: the same
+    action; a converted mask that also allows some switches (and no other change); observations
+    equal but for schema v2's ``trapped``, which the updated live request may have set (live
+    true, converted false)."""
     differs = [a != b for a, b in zip(live["action_mask"], converted["action_mask"], strict=True)]
-    return (any(differs) and not any(differs[:NUM_MOVES])
-            and all(converted["action_mask"][i] for i, d in enumerate(differs) if d))
+    if not (any(differs) and not any(differs[:NUM_MOVES])
+            and all(converted["action_mask"][i] for i, d in enumerate(differs) if d)):
+        return False
+    if any(live[name] != converted[name] for name in ("action_type", "action_target")):
+        return False
+    seen, got = live["observation"], converted["observation"]
+    if seen.get("trapped") and not got.get("trapped"):
+        seen = {k: v for k, v in seen.items() if k != "trapped"}
+        got = {k: v for k, v in got.items() if k != "trapped"}
+    return seen == got
 
 
 def _on_live_fields(live: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -101,13 +113,14 @@ def _difference(live: dict[str, Any], other: dict[str, Any], result: Comparison)
     if len(live["steps"]) != len(other["steps"]):
         return f"{len(live['steps'])} live steps, {len(other['steps'])} converted"
     for index, (a, b) in enumerate(zip(live["steps"], other["steps"], strict=True)):
+        if a["action_mask"] != b["action_mask"]:
+            if not trapped_mask_only(a, b) or (a["reward"], a["done"]) != (b["reward"], b["done"]):
+                return f"step {index} action_mask differs"
+            result.trapped_mask_steps += 1
+            continue
         for name in STEP_FIELDS:
             if a[name] != b[name]:
                 return f"step {index} {name} differs"
-        if a["action_mask"] != b["action_mask"]:
-            if not trapped_mask_only(a, b):
-                return f"step {index} action_mask differs"
-            result.trapped_mask_steps += 1
     return ""
 
 

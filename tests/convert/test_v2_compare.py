@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from poke_rl.convert.compare import compare_trajectories
+from poke_rl.convert.compare import compare_trajectories, trapped_mask_only
 
 
 def _trajectory(observation: dict[str, Any]) -> dict[str, Any]:
@@ -45,3 +45,33 @@ def test_a_v2_live_trajectory_is_compared_whole(tmp_path: Path) -> None:
     assert result.equal == 0 and result.mismatches == ["r1 p1: step 0 observation differs"]
     same = _write(tmp_path / "same.jsonl.gz", _trajectory(V2))
     assert compare_trajectories(live, same).equal == 1
+
+
+def _step(observation: dict[str, Any], mask: list[bool], target: int = 1) -> dict[str, Any]:
+    return {"observation": observation, "action_type": 0, "action_target": target,
+            "reward": 0.0, "done": False, "action_mask": mask}
+
+
+def test_a_refused_maybe_trapped_switch_is_the_one_allowed_difference(tmp_path: Path) -> None:
+    # live: the switch was refused, the step decided again on a request with no switches that
+    # says trapped; converted: the first request (switches offered, not trapped), the same move
+    live_mask, first_mask = [True] * 4 + [False] * 6, [True] * 4 + [False, True, True] + [False] * 3
+    live = {**V2, "trapped": True}
+    converted = {**V2, "trapped": False}
+    assert trapped_mask_only(_step(live, live_mask), _step(converted, first_mask))
+    assert trapped_mask_only(_step(V2, live_mask), _step(V2, first_mask))  # trapped unknown live
+    # anything else is a mismatch: another action, another field, trapped the other way round,
+    # a mask that loses a switch or changes a move
+    assert not trapped_mask_only(_step(live, live_mask), _step(converted, first_mask, target=2))
+    assert not trapped_mask_only(_step(live, live_mask),
+                                 _step({**converted, "own_reflect": 3}, first_mask))
+    assert not trapped_mask_only(_step(converted, live_mask), _step(live, first_mask))
+    assert not trapped_mask_only(_step(V2, first_mask), _step(V2, live_mask))
+    assert not trapped_mask_only(_step(V2, live_mask), _step(V2, [False] + first_mask[1:]))
+    assert not trapped_mask_only(_step(live, live_mask), _step(converted, live_mask))
+    records = [_trajectory(V2) for _ in range(2)]
+    records[0]["steps"] = [_step(live, live_mask)] + records[0]["steps"]
+    records[1]["steps"] = [_step(converted, first_mask)] + records[1]["steps"]
+    result = compare_trajectories(_write(tmp_path / "l.jsonl.gz", records[0]),
+                                  _write(tmp_path / "c.jsonl.gz", records[1]))
+    assert (result.ok, result.equal, result.trapped_mask_steps) == (True, 0, 1)
