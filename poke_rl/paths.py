@@ -24,6 +24,17 @@ TRAJECTORY_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 _BEST_FIRST = {"best.pt": 0, "last.pt": 1}
 
 
+def sibling_output(out: Path, tag: str, suffix: str | None = None) -> Path:
+    """The file a command writes beside its JSONL output ``out``: ``NAME.jsonl[.gz]`` →
+    ``NAME-TAG`` plus ``suffix`` (``out``'s own when None), e.g. collect's replays and convert's
+    rejects. PokeRLError when ``out`` is not ``.jsonl`` or ``.jsonl.gz``."""
+    name = out.name
+    for own in (".jsonl.gz", ".jsonl"):
+        if name.endswith(own):
+            return out.with_name(f"{name[: -len(own)]}-{tag}{suffix if suffix is not None else own}")
+    raise PokeRLError(f"output must end in .jsonl or .jsonl.gz, got {out}")
+
+
 def is_trajectory_file(path: str | Path) -> bool:
     """A file whose name says trajectory JSONL (what ``prep`` reads)."""
     return str(path).lower().endswith(TRAJECTORY_SUFFIXES)

@@ -29,6 +29,7 @@ from poke_rl.convert.rebuild import has_result, rebuild, verify_log
 from poke_rl.convert.sources import WHOLE_FILE, RawRecord, read_records, replay_files
 from poke_rl.errors import PokeRLError
 from poke_rl.files import atomic_file
+from poke_rl.paths import sibling_output
 
 IN_FLIGHT_PER_WORKER = 8
 MAX_ID_CHARS = 200
@@ -58,14 +59,6 @@ class ConvertResult:
     @property
     def battles_per_s(self) -> float:
         return self.converted / self.seconds if self.seconds > 0 else 0.0
-
-
-def rejects_path_for(out: Path) -> Path:
-    name = out.name
-    for suffix in (".jsonl.gz", ".jsonl"):
-        if name.endswith(suffix):
-            return out.with_name(f"{name[: -len(suffix)]}-rejects.jsonl")
-    raise PokeRLError(f"output must end in .jsonl or .jsonl.gz, got {out}")
 
 
 def triage(raw: RawRecord, seen: set[str]) -> tuple[str, dict[str, Any]]:
@@ -166,7 +159,7 @@ def _gzip_writer(handle: IO[bytes], compressed: bool) -> IO[bytes]:
 def run_convert(inputs: list[str], out: str | Path, options: ConvertOptions) -> ConvertResult:
     """Convert the replays in ``inputs`` to trajectories in ``out`` (.jsonl or .jsonl.gz)."""
     out = Path(out)
-    rejects = rejects_path_for(out)
+    rejects = sibling_output(out, "rejects", ".jsonl")
     if options.workers < 1:
         raise PokeRLError("--workers must be at least 1")
     if out.is_dir():

@@ -35,6 +35,7 @@ import orjson
 
 from poke_rl.console import Progress
 from poke_rl.errors import PokeRLError
+from poke_rl.paths import sibling_output
 from poke_rl.showdown.battles import (
     DEFAULT_FORMAT,
     check_format,
@@ -42,7 +43,7 @@ from poke_rl.showdown.battles import (
     player_options,
     server_url,
 )
-from poke_rl.showdown.replays import LOG_WAIT_S, ReplayKeeper, default_replays_path
+from poke_rl.showdown.replays import LOG_WAIT_S, ReplayKeeper
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _replays_output(out: Path, options: CollectOptions) -> Path | None:
             raise PokeRLError("--replays needs the local server (without --server): a running "
                               "server's battle logging cannot be configured from poke-rl")
         return None
-    path = Path(options.replays) if options.replays is not None else default_replays_path(out)
+    path = Path(options.replays) if options.replays is not None else sibling_output(out, "replays")
     _check_output(path)
     if path.resolve() == out.resolve():
         raise PokeRLError(f"--replays {path} is the trajectory output itself: give another file")

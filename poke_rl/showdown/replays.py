@@ -16,20 +16,10 @@ from typing import Any
 
 import orjson
 
-from poke_rl.errors import PokeRLError
 from poke_rl.showdown.server import SHOWDOWN_VERSION, battle_log_path
 
 SIMULATOR = f"pokemon-showdown {SHOWDOWN_VERSION}"
 LOG_WAIT_S = 10.0  # how long collect waits at the end for the server to write a battle's log
-
-
-def default_replays_path(out: Path) -> Path:
-    """``battles.jsonl.gz`` -> ``battles-replays.jsonl.gz`` beside it (same compression)."""
-    name = out.name
-    for suffix in (".jsonl.gz", ".jsonl"):
-        if name.endswith(suffix):
-            return out.with_name(f"{name[: -len(suffix)]}-replays{suffix}")
-    raise PokeRLError(f"output must end in .jsonl or .jsonl.gz, got {out}")
 
 
 def replay_record(log_data: dict[str, Any], replay_id: str, specs: dict[str, str]) -> dict[str, Any]:
