@@ -292,6 +292,8 @@ def _full_build(
                 duplicates = frozenset(key for key, _ in outcome.keys if key in seen)
                 if duplicates:  # rare: re-run the chunk, rejecting those trajectories
                     redo = dataclasses.replace(task, accepted_before=duplicates)
+                    for split in outcome.shards:  # a split the re-run leaves empty is not rewritten
+                        (staging / "tensors" / staged_shard_name(task.index, split)).unlink()
                     outcome = runner.run(process_chunk, redo, settings)
                 source = files[number]
                 seen.update(key for key, _ in outcome.keys)

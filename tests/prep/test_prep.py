@@ -354,6 +354,21 @@ def test_duplicates_across_files_and_chunks(tmp_path):
     assert str(first.resolve()) == result.manifest["inputs"][0]["path"]
 
 
+def test_a_chunk_left_empty_by_its_rerun_leaves_no_shard_behind(tmp_path):
+    # b.jsonl's one chunk holds only a.jsonl's first trajectory: its first run writes a shard, the
+    # re-run rejecting the duplicate writes none; that first shard must not stay in OUT
+    lines = [line for _, line in corpus_lines(2, seed=4)]
+    write_lines(tmp_path / "in" / "a.jsonl", lines)
+    write_lines(tmp_path / "in" / "b.jsonl", lines[:1])
+    out = tmp_path / "out"
+    result = run_prep([str(tmp_path / "in")], out, PrepOptions(**{**OPTS.__dict__, "chunk_bytes": 1}))
+    assert result.rejected_by_code == {"duplicate": 1}
+    listed = {e["path"] for split in result.manifest["splits"].values() for e in split["shards"]}
+    assert {f"tensors/{p.name}" for p in (out / "tensors").iterdir()} == listed
+    rebuilt = run_prep([str(tmp_path / "in")], out, PrepOptions(**{**OPTS.__dict__, "chunk_bytes": 1, "block_size": 64}))
+    assert rebuilt.action == "tensors"
+
+
 def test_rebuild_rules(built, tmp_path, monkeypatch):
     path, _, out, _ = built
     work = tmp_path / "out"
