@@ -94,7 +94,9 @@ def prep(
     ),
     out: Path = typer.Argument(..., help="Output folder (created; swapped in atomically)."),
     val_fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of battles in val."),
-    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    workers: int | None = typer.Option(
+        None, min=1, help="Worker processes (1); with --ray, Ray tasks at once (the cluster's CPUs)."
+    ),
     block_size: int = typer.Option(4096, min=1, help="Transitions per tensor block."),
     force: bool = typer.Option(
         False, "--force/--no-force", help="Rebuild everything even if up to date."
@@ -108,18 +110,26 @@ def prep(
         help='Keep in the tensor shards only trajectories whose metadata match, e.g. '
         '\'rating >= 1500 and format == "gen9randombattle"\' (the Parquet keeps all).',
     ),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Run the chunks as tasks on a Ray cluster (pip install 'poke-rl[ray]'): auto (the "
+        "cluster `ray start` runs here), local (a new one on this machine), HOST:PORT or "
+        "ray://HOST:10001. The output is the same as without.",
+    ),
 ) -> None:
     """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
     from poke_rl.prep import PrepInterrupted, PrepOptions, run_prep
 
     options = PrepOptions(
         val_fraction=val_fraction,
-        workers=workers,
+        workers=workers or 1,
         block_size=block_size,
         force=force,
         strict=strict,
         progress=progress,
         where=where,
+        ray=ray,
+        ray_tasks=workers,
     )
     try:
         run_prep(inputs, out, options)

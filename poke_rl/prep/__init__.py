@@ -5,7 +5,8 @@ parse, the reference fallback, duplicates), ``checks`` (columnar validation), ``
 step batch and its explode into transitions), ``blocks`` (a part's trajectories → layout v3
 blocks), ``work`` (what a worker does with a chunk or a Parquet part), ``rules`` (rebuild rules,
 what OUT may hold), ``staging`` (staging, lock, atomic swap, signals), ``build`` (the pool,
-dedupe, counts, manifest), ``options``, ``report``.
+dedupe, counts, manifest), ``ray_runner`` (``--ray``: the same tasks on a Ray cluster),
+``options``, ``report``.
 """
 
 from poke_rl.prep.build import run_prep

@@ -35,6 +35,7 @@ from poke_rl.manifest import MANIFEST_NAME, SPLITS, new_manifest, parse_manifest
 from poke_rl.prep import report
 from poke_rl.prep.inputs import InputFile, compressed_chunks, plain_ranges, resolve_inputs
 from poke_rl.prep.options import PrepOptions, PrepResult
+from poke_rl.prep.ray_runner import RayRunner
 from poke_rl.prep.rules import (
     cached_sha256,
     existing_manifest,
@@ -233,6 +234,13 @@ class _Runner:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _new_runner(options: PrepOptions) -> Any:
+    """The local pool, or with ``--ray`` the same tasks on a Ray cluster (``prep.ray_runner``)."""
+    if options.ray is not None:
+        return RayRunner(options.ray, options.ray_tasks)
+    return _Runner(options.workers, options.threads_per_worker)
+
+
 # -- full build --------------------------------------------------------------------------------
 
 
@@ -266,7 +274,7 @@ def _full_build(
     )
     hasher = cf.ThreadPoolExecutor(1)
     hash_future = hasher.submit(lambda: hashes or [cached_sha256(out, f) for f in files])
-    runner = _Runner(options.workers, options.threads_per_worker)
+    runner = _new_runner(options)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     by_code: dict[str, int] = {}
     accepted_by_argument = dict.fromkeys((f.argument for f in files), 0)
@@ -389,7 +397,7 @@ def _rebuild_tensors(
         where=options.where, rewrite_parts=rewrite,
     )
     parts = part_paths(out / "transitions")
-    runner = _Runner(options.workers, options.threads_per_worker)
+    runner = _new_runner(options)
     total = sum(p.stat().st_size for p in parts)
     progress = Progress("rebuilding shards", total, enabled=options.progress, unit="bytes")
     ok = False

@@ -24,6 +24,8 @@ class PrepOptions:
     chunk_bytes: int = CHUNK_BYTES
     threads: int | None = None  # per worker; None: cores // workers (1 = strictly serial)
     where: str | None = None  # prep --where EXPR (``poke_rl.where``): trajectories in the shards
+    ray: str | None = None  # prep --ray ADDRESS: run the tasks on that Ray cluster (``ray_runner``)
+    ray_tasks: int | None = None  # with ``ray``: tasks running at once (None: the cluster's CPUs)
 
     @property
     def threads_per_worker(self) -> int:
