@@ -258,9 +258,18 @@ def _first(ours: np.ndarray, theirs: np.ndarray, our_priority: np.ndarray,
     return np.where(our_priority != 0, (our_priority > 0).astype(np.float64), by_speed)
 
 
+CHUNK_ROWS = 512  # rows per pass: keeps the [rows, 7, 30] float64 temporaries in cache
+
+
 def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
     """Write the matchup features of ``n`` rows into ``out`` float32 [n, WIDTH]; ``sources`` maps
-    each field of ``SOURCES`` to [n, width]."""
+    each field of ``SOURCES`` to [n, width]. Rows are independent: chunks do not change them."""
+    for first in range(0, len(out), CHUNK_ROWS):
+        rows = slice(first, first + CHUNK_ROWS)
+        _encode({name: sources[name][rows] for name in SOURCES}, out[rows], t)
+
+
+def _encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
     n = len(out)
     species_count, moves_count = len(t.base), len(t.kind)
     own = _ids(sources["active_species_id"][:, 0], species_count)
