@@ -73,7 +73,10 @@ class MatchupTables:
     """The dex and the random-battle sets as arrays: ``base`` [S, 6] int64 base stats (hp atk
     def spa spd spe), ``types`` [S, 2], ``level`` [S] (random-battle level, else 100), move facts
     [M] (``kind``, ``category``, ``power``, ``accuracy``, ``priority``, ``hits``; ``damaging``),
-    ``chart`` [19, 19] float64, ``pools`` [S, K, P] movepools (0-padded), ``pool_valid`` [S, K]
+    ``chart`` [19, 19] float64, ``defending`` [S + 19, 19] (row s < S: the multiplier species s
+    takes from each attacking type, the product over its types, which are powers of two, so
+    exactly ``matchup``'s sequential product; row S + t: a Pokemon terastallized into type t),
+    ``pools`` [S, K, P] movepools (0-padded), ``pool_valid`` [S, K]
     and ``weights`` [P + 1, 5, P]: weight of the i-th best of ``n`` candidates when ``free`` are
     drawn, ``comb(n-1-i, free-1) / comb(n, free)`` as ``matchup`` computes it."""
 
@@ -88,6 +91,7 @@ class MatchupTables:
     hits: np.ndarray
     damaging: np.ndarray
     chart: np.ndarray
+    defending: np.ndarray
     pools: np.ndarray
     pool_valid: np.ndarray
     weights: np.ndarray
@@ -123,9 +127,15 @@ class MatchupTables:
                 ways = math.comb(n, draw)
                 for i in range(n):
                     weights[n, free, i] = math.comb(n - 1 - i, draw - 1) / ways
+        chart = dex.effectiveness.astype(np.float64)  # [attacking, defending]
+        defending = np.ones((species + len(chart), len(chart)), dtype=np.float64)
+        for k in range(2):
+            present = types[:, k] > 0
+            defending[:species][present] *= chart[:, types[present, k]].T
+        defending[species + 1 :] = chart[:, 1:].T
         tables = cls(base, types, level, move[:, 0].astype(np.intp), category, move[:, 2],
-                     move[:, 3], move[:, 4], move[:, 5], damaging,
-                     dex.effectiveness.astype(np.float64), pools, valid, weights)
+                     move[:, 3], move[:, 4], move[:, 5], damaging, chart,
+                     np.ascontiguousarray(defending), pools, valid, weights)
         for array in vars(tables).values():
             array.setflags(write=False)
         return tables
@@ -160,8 +170,9 @@ class _Mon:
     stats: np.ndarray  # [..., 5] float64: actual or estimated atk def spa spd spe, unboosted
     boosts: np.ndarray  # [..., 5] float64 multipliers
     status: np.ndarray
-    types: np.ndarray  # [..., 2] defending / STAB types (tera: (tera, 0))
+    types: np.ndarray  # [..., 2] STAB types (tera: (tera, 0))
     hp: np.ndarray
+    defending: np.ndarray  # row of ``MatchupTables.defending``
 
 
 def _mon(t: MatchupTables, species: np.ndarray, level: np.ndarray, stats: np.ndarray | None,
@@ -174,11 +185,13 @@ def _mon(t: MatchupTables, species: np.ndarray, level: np.ndarray, stats: np.nda
     multipliers = (_multiplier(boosts[..., :5]) if boosts is not None
                    else np.ones(estimated.shape, dtype=np.float64))
     types = np.take(t.types, species, axis=0)
+    defending = species
     if tera is not None:
         tera_types = np.stack([tera, np.zeros_like(tera)], axis=-1)
         types = np.where((tera > 0)[..., None], tera_types, types)
+        defending = np.where(tera > 0, len(t.base) + tera, species)
     hp = ((2 * base[..., 0] + 52) * level // 100 + level + 10).astype(np.float64)
-    return _Mon(species, level, estimated, multipliers, status, types, hp)
+    return _Mon(species, level, estimated, multipliers, status, types, hp, defending)
 
 
 def _damage(t: MatchupTables, attacker: _Mon, defender: _Mon, move: np.ndarray) -> np.ndarray:
@@ -197,10 +210,8 @@ def _damage(t: MatchupTables, attacker: _Mon, defender: _Mon, move: np.ndarray) 
     stab = ((kind == attacker.types[..., 0, None]) | (kind == attacker.types[..., 1, None])) & (
         kind > 0)
     modifier = np.where(stab, RANDOM_ROLL * STAB, RANDOM_ROLL)
-    for k in range(2):
-        defending = defender.types[..., k, None]
-        chart = t.chart[kind, defending]
-        modifier = np.where(defending > 0, modifier * chart, modifier)
+    columns = t.defending.shape[1]
+    modifier = modifier * np.take(t.defending, defender.defending[..., None] * columns + kind)
     burned = physical & (attacker.status[..., None] == BURN)
     modifier = np.where(burned, modifier * 0.5, modifier)
     value = base * modifier * np.take(t.hits, move) * (np.take(t.accuracy, move) / 100)
@@ -330,4 +341,4 @@ def _encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables
     out[:, 19] = share
 
 
-_FIELDS = ("species", "level", "stats", "boosts", "status", "types", "hp")
+_FIELDS = ("species", "level", "stats", "boosts", "status", "types", "hp", "defending")
