@@ -46,8 +46,10 @@ BOOST_LIMIT = 6
 SPIKES_LAYERS = 3
 TOXIC_SPIKES_LAYERS = 2
 
-# Vocabularies of id columns: the schema's, plus the statuses (0..6).
-FEATURE_VOCAB_SIZES: dict[str, int] = {**schema.VOCAB_SIZES, "status": len(STATUS_NAMES)}
+# Vocabularies of id columns: the schema's, plus the statuses (0..6); the schema's "type" (tera
+# types) is "tera_type" here, since a model's nn.ModuleDict of embeddings cannot hold a "type".
+FEATURE_VOCAB_SIZES: dict[str, int] = {**schema.VOCAB_SIZES, "status": len(STATUS_NAMES),
+                                       "tera_type": schema.VOCAB_SIZES["type"]}
 
 TURNS_SCALE = 8.0  # side conditions, Trick Room, weather and terrain: turns left / 8 (0..8)
 STAT_SCALE = 512.0  # team_stats / 512: float16 holds stats below 2048 exactly
@@ -247,12 +249,12 @@ def _v2_table() -> list[Feature]:
     return [
         F("team_item", ("team_item",), "id", vocab="item"),
         F("team_ability", ("team_ability",), "id", vocab="ability"),
-        F("team_tera_type", ("team_tera_type",), "id", vocab="type"),
+        F("team_tera_type", ("team_tera_type",), "id", vocab="tera_type"),
         F("team_moves", ("team_moves",), "id", vocab="move"),
         F("opp_team_moves", ("opp_team_moves",), "id", vocab="move"),
         F("opp_team_item", ("opp_team_item",), "id", vocab="item"),
         F("opp_team_ability", ("opp_team_ability",), "id", vocab="ability"),
-        F("opp_team_tera_type", ("opp_team_tera_type",), "id", vocab="type"),
+        F("opp_team_tera_type", ("opp_team_tera_type",), "id", vocab="tera_type"),
         F("opp_team_status", ("opp_team_status",), "id", vocab="status"),
         F("schema_version", ("schema_version",), "scaled", scale=2.0, storage="half"),
         F("level", ("team_level", "opp_team_level"), "scaled", scale=level, storage="half",

@@ -108,11 +108,11 @@ def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
     assert len(pre.id_vocabs) == pre.num_ids == len(pre.id_names())
     assert len(pre.num_names()) == pre.num_dim
     assert pre.id_vocabs.count("species") == 14 and pre.id_vocabs.count("status") == 14
-    assert pre.id_vocabs.count("move") == 52 and pre.id_vocabs.count("type") == 12
+    assert pre.id_vocabs.count("move") == 52 and pre.id_vocabs.count("tera_type") == 12
     assert pre.vocab_sizes == {
         "ability": 320,
         "item": 512,
-        "type": 32,
+        "tera_type": 32,
         "move": 1024,
         "species": 1536,
         "status": 7,
