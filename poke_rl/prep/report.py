@@ -50,6 +50,10 @@ def print_summary(out: Path, result: PrepResult, options: PrepOptions) -> None:
         rows.append(("action", "tensor shards rebuilt from the Parquet "
                      "(preprocessor, layout, split or --where changed)"))
     else:
+        if result.action == "incremental":
+            read = len(manifest["inputs"]) - result.kept_inputs
+            rows.append(("action", f"{read} new or changed input(s) read; the outputs of "
+                                   f"{result.kept_inputs} unchanged input(s) kept as they are"))  # fmt: skip
         accepted = counts["trajectories"] - counts["rejected"]
         codes = ", ".join(f"{code} {n:,}" for code, n in sorted(result.rejected_by_code.items()))
         rows += [
