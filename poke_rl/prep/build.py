@@ -1,7 +1,8 @@
 """``poke-rl prep``: orchestration — the worker pool, dedupe, counts and the manifest.
 
-``run_prep`` applies the rebuild rules (``rules``), then runs a full build or a tensors-only
-rebuild into a staging folder that ``staging`` swaps in. A full build lists chunks (byte ranges
+``run_prep`` applies the rebuild rules (``rules``), then runs a full build, an incremental one
+(``incremental``: only new and changed inputs are read, the rest of OUT is linked in) or a
+tensors-only rebuild into a staging folder that ``staging`` swaps in. A full build lists chunks (byte ranges
 of plain files; decompressed bytes of .gz/.zst), keeps a bounded number in flight (2 per worker)
 in a spawn process pool — with one worker, in two threads of this process instead, so one
 chunk's writing overlaps the next one's parse — and consumes results strictly in input order: it

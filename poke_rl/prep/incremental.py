@@ -3,14 +3,16 @@
 The manifest records each input's counts and, per Parquet part and tensor shard, the input it
 came from (``"input"``: an index into ``inputs``). When inputs are added or changed in place,
 ``plan`` keeps the unchanged inputs' parts and shards (hard links into the staging: the same
-bytes, inode and mtime, never rewritten; a copy where the file system has no hard links), their
-lines of ``rejects.jsonl`` and the (``replay_id``, ``player``) keys their Parquet holds (a new
-line with such a key is a ``duplicate``), and only the new and changed inputs are parsed.
+bytes, inode and mtime, never rewritten; a copy keeping mtime where the file system has no hard
+links), their lines of ``rejects.jsonl`` and the (``replay_id``, ``player``) keys their Parquet
+holds (a new line with such a key is a ``duplicate``); only the new and changed inputs are read.
 
-The order of OUT's inputs is the unchanged ones in their recorded order, then the re-read ones in
-command-line order: the result equals one prep of the inputs in that order (the order decides
-only which of two duplicate lines is kept, and the order of ``rejects.jsonl``). A manifest
-written before prep recorded origins has one unknown origin: any input change rebuilds OUT whole.
+The result equals one prep of the final inputs (sorted by path, as prep always orders them),
+which decides which of two copies of a trajectory is kept: the first in that order. So an
+unchanged input after a changed one that rejected a ``duplicate`` is read again (its first copy
+may have been in the changed input), and a read line whose key a kept input *later* in the order
+accepted raises ``Conflict``: OUT is then rebuilt whole. A manifest written before prep recorded
+origins counts as one unknown origin: any change of the inputs rebuilds OUT whole.
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-from poke_rl.manifest import SPLITS, INPUT_COUNT_KEYS
+from poke_rl.manifest import INPUT_COUNT_KEYS, SPLITS
 from poke_rl.prep.columnar import trajectory_key
 from poke_rl.prep.inputs import InputFile
 from poke_rl.prep.work import pause_point
-
 
 _SHARD_NAME = re.compile(r"tensors/(train|val)-\d{6,9}\.tar")
 

@@ -59,7 +59,8 @@ def print_summary(out: Path, result: PrepResult, options: PrepOptions) -> None:
         rows += [
             ("inputs", f"{len(manifest['inputs'])} file(s), {_mb(result.json_bytes)} of JSONL"),
             ("trajectories", f"{counts['trajectories']:,} ({accepted:,} accepted)"),
-            ("rejected", f"{counts['rejected']:,}" + (f" ({codes})" if codes else "")),
+            ("rejected", f"{counts['rejected']:,}" + (f" ({'of the inputs read: ' * bool(result.kept_inputs)}"
+                                                      f"{codes})" if codes else "")),
             ("checked by the reference validator",
              f"{result.reference_lines:,} line(s) the columnar path could not vouch for"),
             ("terminal / truncated", f"{counts['terminal']:,} / {counts['truncated']:,}"),

@@ -200,8 +200,8 @@ def refuse_foreign(out: Path) -> None:
 
 
 def refuse_dropped_inputs(out: Path, files: list[InputFile], old: dict[str, Any]) -> None:
-    """Until incremental prep lands, a prep without some of OUT's recorded inputs would rebuild
-    OUT without their trajectories: name them and refuse unless ``--force``."""
+    """A prep without some of OUT's recorded inputs would drop their trajectories: name them and
+    refuse unless ``--force`` (a rebuild from exactly the given inputs: how an input is removed)."""
     recorded = [e.get("path") for e in old.get("inputs", []) if isinstance(e, dict)]
     given = {str(f.path) for f in files}
     missing = [p for p in recorded if p not in given]

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 from prep_reference import run_killed, tree_bytes
+from typer.testing import CliRunner
 
 from pipelines.generate import GenConfig, iter_lines
 from poke_rl import shards
