@@ -381,6 +381,18 @@ def _input_sums(manifest: dict) -> None:
     for key, total in totals.items():
         if key in recorded and recorded[key] != total:
             raise _Invalid(f"the inputs' counts.{key} add up to {total}, not the recorded {recorded[key]}")
+    shards = [e for split in SPLITS for e in manifest["splits"][split]["shards"]]
+    parts = manifest.get("parts") if isinstance(manifest.get("parts"), list) else []
+    for index, entry in enumerate(entries):
+        counts = entry["counts"]
+        for what, listed, expected in (
+            ("shards", shards, counts["transitions"]),
+            ("parts", parts, counts["transitions"] + counts["dropped_transitions"]),
+        ):
+            if listed and all("input" in e for e in listed):
+                held = sum(e["transitions"] for e in listed if e["input"] == index)
+                if held != expected:
+                    raise _Invalid(f"the {what} of inputs[{index}] hold {held} transitions, not {expected}")
 
 
 def _where_entry(node: dict | None) -> None:

@@ -179,6 +179,11 @@ def test_an_add_keeps_old_outputs_and_parses_only_the_new_file(tmp_path, monkeyp
         sum(e["transitions"] for s in SPLITS for e in result.manifest["splits"][s]["shards"] if e["input"] == i)
         for i in range(3)]  # fmt: skip
     assert run_prep([str(a), str(b), str(c)], out, changed).action == "up_to_date"
+    selected = PrepOptions(**{**changed.__dict__, "where": 'player == "p1"'})
+    result = run_prep([str(a), str(b), str(c)], out, selected)  # a new --where: Parquet only too
+    assert result.action == "tensors" and result.manifest["where"]["dropped_trajectories"] > 0
+    assert sum(e["counts"]["dropped_trajectories"] for e in result.manifest["inputs"]) == (
+        result.manifest["where"]["dropped_trajectories"])  # fmt: skip
 
 
 def test_omitted_inputs_are_refused_and_force_removes_them(tmp_path):
@@ -239,6 +244,10 @@ def test_an_old_manifest_without_origins_is_rebuilt_whole(tmp_path):
         (lambda m: m["inputs"][0]["counts"].update(rejected=99), "counts.rejected add up to 99"),
         (lambda m: m["inputs"][0]["counts"].pop("terminal"), "inputs[0].counts.terminal is missing"),
         (lambda m: m["parts"][0].update(path="../x.parquet"), "parts[0].path"),
+        (lambda m: m["inputs"].append({**m["inputs"][0], "path": "/elsewhere.jsonl",
+                                       "counts": dict.fromkeys(m["inputs"][0]["counts"], 0)})
+         or m["splits"]["val"]["shards"][0].update(input=1),  # a shard moved to another input
+         "the shards of inputs[0] hold"),  # fmt: skip
     ],
 )
 def test_a_tampered_origin_is_refused(tmp_path, tamper, message):
