@@ -192,9 +192,9 @@ def test_omitted_inputs_are_refused_and_force_removes_them(tmp_path):
     out = tmp_path / "out"
     run_prep([str(a), str(b)], out, OPTS)
     before = tree_bytes(out)
-    cli = subprocess.run([str(POKE_RL), "prep", str(a), str(out), "--no-progress"], capture_output=True, text=True)
-    assert cli.returncode == 2 and cli.stderr.count("\n") == 1
-    assert str(b.resolve()) in cli.stderr and "--force" in cli.stderr
+    cli = CliRunner().invoke(app, ["prep", str(a), str(out), "--no-progress"])
+    assert cli.exit_code == 2 and cli.output.count("\n") == 1
+    assert str(b.resolve()) in cli.output and "--force" in cli.output
     assert tree_bytes(out) == before
     assert run_prep([str(a)], out, FORCE).action == "full"
     assert [e["path"] for e in orjson.loads((out / "manifest.json").read_bytes())["inputs"]] == [str(a.resolve())]
