@@ -348,17 +348,14 @@ def _check_manifest(manifest: Any) -> None:
 
 def _origin(entry: dict, at: str, inputs: int) -> None:
     """A part's or shard's ``input`` (absent in manifests from before incremental prep)."""
-    origin = _get(entry, "input", f"{at}.", _count, required=False)
-    if origin is not None and origin >= inputs:
+    if (origin := _get(entry, "input", f"{at}.", _count, required=False)) is not None and origin >= inputs:
         raise _Invalid(f"{at}.input is {origin}, but the manifest lists {inputs} inputs")
 
 
 def _parts(parts: Any, inputs: int) -> None:
     """prep's ``parts``: the Parquet parts it wrote (absent in older manifests)."""
-    if parts is None:
-        return
     seen = set()
-    for index, item in enumerate(_array(parts, "parts")):
+    for index, item in enumerate(_array(parts, "parts") if parts is not None else []):
         at = f"parts[{index}]"
         entry = _object(item, at)
         path = _get(entry, "path", f"{at}.", lambda v, a: v)
@@ -382,13 +379,9 @@ def _input_sums(manifest: dict) -> None:
         if key in recorded and recorded[key] != total:
             raise _Invalid(f"the inputs' counts.{key} add up to {total}, not the recorded {recorded[key]}")
     shards = [e for split in SPLITS for e in manifest["splits"][split]["shards"]]
-    parts = manifest.get("parts") if isinstance(manifest.get("parts"), list) else []
-    for index, entry in enumerate(entries):
-        counts = entry["counts"]
-        for what, listed, expected in (
-            ("shards", shards, counts["transitions"]),
-            ("parts", parts, counts["transitions"] + counts["dropped_transitions"]),
-        ):
+    for index, counts in enumerate(e["counts"] for e in entries):
+        for what, listed, expected in (("shards", shards, counts["transitions"]), ("parts", manifest.get(
+                "parts") or [], counts["transitions"] + counts["dropped_transitions"])):  # fmt: skip
             if listed and all("input" in e for e in listed):
                 held = sum(e["transitions"] for e in listed if e["input"] == index)
                 if held != expected:

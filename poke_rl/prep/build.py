@@ -340,6 +340,8 @@ def _full_build(
             if any(seen[key] > number for key in duplicates):
                 raise incremental.Conflict
             if duplicates:  # rare: re-run the chunk, rejecting those trajectories
+                for split in outcome.shards:  # the re-run may write no shard of that split
+                    (staging / "tensors" / staged_shard_name(task.index, split)).unlink()
                 redo = dataclasses.replace(task, accepted_before=duplicates)
                 outcome = runner.run(process_chunk, redo, settings)
             source = files[number]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prep_reference import run_killed, tree_bytes
+from prep_reference import reference_split, run_killed, tree_bytes
 from typer.testing import CliRunner
 
 from pipelines.generate import GenConfig, iter_lines
@@ -184,6 +184,28 @@ def test_an_add_keeps_old_outputs_and_parses_only_the_new_file(tmp_path, monkeyp
     assert result.action == "tensors" and result.manifest["where"]["dropped_trajectories"] > 0
     assert sum(e["counts"]["dropped_trajectories"] for e in result.manifest["inputs"]) == (
         result.manifest["where"]["dropped_trajectories"])  # fmt: skip
+
+
+def test_a_new_file_whose_only_val_trajectory_is_a_duplicate(tmp_path):
+    """The chunk is re-run without the duplicate and writes no val shard: the first run's staged
+    val shard must not be left in OUT (it would be a file no manifest records)."""
+    battles = {}
+    for index, line in enumerate(POOL):
+        try:
+            battles.setdefault(orjson.loads(line)["replay_id"], []).append(index)
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            continue
+    split = {rid: reference_split(rid, OPTS.val_fraction) for rid in battles}
+    val = next(rid for rid in battles if split[rid] == "val")
+    train = [rid for rid in battles if split[rid] == "train"]
+    a = write(tmp_path / "a.jsonl", [*battles[val], *battles[train[0]]])
+    b = write(tmp_path / "b.jsonl", [battles[val][0], *battles[train[1]]])
+    out = tmp_path / "out"
+    run_prep([str(a)], out, OPTS)
+    assert run_prep([str(a), str(b)], out, OPTS).action == "incremental"
+    assert not list((out / "tensors").glob("chunk-*"))
+    assert_equals_one_prep(out, tmp_path / "fresh")
+    assert run_prep([str(a), str(b)], out, OPTS).action == "up_to_date"
 
 
 def test_omitted_inputs_are_refused_and_force_removes_them(tmp_path):
