@@ -99,7 +99,8 @@ def prep(
     ),
     block_size: int = typer.Option(4096, min=1, help="Transitions per tensor block."),
     force: bool = typer.Option(
-        False, "--force/--no-force", help="Rebuild everything even if up to date."
+        False, "--force/--no-force",
+        help="Rebuild everything from exactly these inputs (how an input OUT holds is removed).",
     ),
     strict: bool = typer.Option(
         False, "--strict/--no-strict", help="Exit 2 on the first rejected line."

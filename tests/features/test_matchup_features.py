@@ -116,7 +116,7 @@ def _random_observation(rng: np.random.Generator) -> dict[str, Any]:
             "team_level": [int(x) for x in rng.integers(70, 101, 6)],
             "team_stats": [int(x) for x in rng.integers(0, 500, 30)],
             "team_moves": [m for s in team for m in moves_of(s, 4)],
-            "opp_team_level": [int(x) * (s > 0) for x, s in zip(rng.integers(0, 101, 6), revealed)],
+            "opp_team_level": [int(x) * (s > 0) for x, s in zip(rng.integers(0, 101, 6), revealed, strict=True)],
             "opp_team_moves": opp_moves,
             "opp_team_tera_type": [int(rng.choice([0, 0, 0, 5, 12, 19])) for _ in range(6)],
         })

@@ -235,10 +235,14 @@ def test_manifest_counts_and_rejects(built):
     parts = sorted((out / "transitions").glob("*.parquet"))  # every part is recorded: prep owns it
     assert manifest["parts"] == [
         {"path": f"transitions/{p.name}", "transitions": pq.ParquetFile(p).metadata.num_rows,
-         "bytes": p.stat().st_size} for p in parts]  # fmt: skip
+         "bytes": p.stat().st_size, "input": 0} for p in parts]  # fmt: skip
+    assert all(e["input"] == 0 for s in ("train", "val") for e in manifest["splits"][s]["shards"])
     assert manifest["preprocessor"] == Preprocessor().manifest_entry()
+    own = {k: manifest["counts"][k] for k in ("trajectories", "rejected", "terminal", "truncated",
+                                              "masks_repaired", "ids_out_of_range", "transitions")}
     assert manifest["inputs"] == [{"path": str(path.resolve()), "bytes": path.stat().st_size,
-                                   "sha256": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}]  # fmt: skip
+                                   "sha256": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+                                   "counts": {**own, "dropped_trajectories": 0, "dropped_transitions": 0}}]  # fmt: skip
     expected_rejects, accepted = reference_decisions([line for _, line in lines])
     counts = manifest["counts"]
     assert counts["trajectories"] == len(lines)
