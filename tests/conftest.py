@@ -102,6 +102,13 @@ def write_synthetic_shards(
     return out
 
 
+@pytest.fixture(autouse=True)
+def _shard_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test its own empty shard cache (``$POKE_RL_CACHE``; URL sources are read through
+    it), never the user's ``~/.cache/poke-rl``; CLI subprocesses inherit it."""
+    monkeypatch.setenv("POKE_RL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 train shards x 2 blocks x 256 transitions, 1 val shard; read-only for tests."""
