@@ -39,6 +39,7 @@ from poke_rl.manifest import (
     SPLITS,
     load_manifest,
     manifest_problem,
+    parse_manifest,
     read_manifest,
     shard_entries,
     shard_file,
@@ -49,6 +50,7 @@ from poke_rl.prep import PrepOptions, PrepResult, run_prep
 from poke_rl.shards import ShardError
 
 REJECTS = "rejects.jsonl"
+PENDING = ".prep-upload.json"  # the old manifest, while files it lists are being overwritten
 _NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -108,12 +110,12 @@ def prep_anywhere(inputs: Sequence[str], out: str, options: PrepOptions) -> Prep
         finally:
             _translate_inputs(folder, {**{c: u for u, c in forward.items()}, **urls})
     fs, base = filesystem(check_url(out), write=True)
-    old = _remote_manifest(fs, base, out)
+    old, pending = _remote_manifest(fs, base, out)
     mirror = root / "mirrors" / _key(out.rstrip("/"))
     before = _mirror(old, out, mirror, root)
     result = run_prep(local_inputs, mirror, options)
     back = {**{c: u for u, c in _to_cache(root, old).items()}, **urls}
-    _upload(fs, base, out, mirror, old, before, back)  # the mirror keeps the cached paths
+    _upload(fs, base, out, mirror, old, before, back, pending)
     return result
 
 
@@ -140,19 +142,23 @@ def _translate_inputs(folder: Path, mapping: dict[str, str]) -> None:
         write_manifest(folder, {**manifest, "inputs": inputs})
 
 
-def _remote_manifest(fs: Any, base: str, out: str) -> dict[str, Any] | None:
-    """The remote OUT's validated manifest; None if the prefix is new or empty; ``PokeRLError``
-    for a prefix that holds other things or a manifest that is not prep's."""
+def _remote_manifest(fs: Any, base: str, out: str) -> tuple[dict[str, Any] | None, bool]:
+    """The remote OUT's validated manifest (None if the prefix is new or empty), and whether it
+    is the record of an unfinished upload (``PENDING``: no manifest.json, the files it lists are
+    prep's but no longer all match); ``PokeRLError`` for a prefix that holds other things or a
+    manifest that is not prep's."""
     try:
         if fs.exists(f"{base}/{MANIFEST_NAME}"):
-            return read_manifest(out)
+            return read_manifest(out), False
+        if fs.exists(f"{base}/{PENDING}"):
+            return parse_manifest(fs.cat_file(f"{base}/{PENDING}"), f"{out.rstrip('/')}/{PENDING}", out), True
         held = fs.find(base, maxdepth=2) if fs.exists(base) else []
     except (OSError, ValueError) as exc:
         raise PokeRLError(f"cannot read {out}: {exc}") from None
     if held:
         raise PokeRLError(f"{out} holds no prep output (no {MANIFEST_NAME}) and is not empty "
                           f"({len(held)} object(s)): choose a new or empty prefix for OUT")  # fmt: skip
-    return None
+    return None, False
 
 
 def _listed(manifest: dict[str, Any] | None) -> dict[str, tuple[int, str | None]]:
@@ -206,32 +212,48 @@ def _mirror(old: dict[str, Any] | None, out: str, mirror: Path, root: Path) -> d
 
 
 def _upload(fs: Any, base: str, out: str, mirror: Path, old: dict[str, Any] | None,
-            before: dict[str, Any], back: dict[str, str]) -> None:
-    """Upload what prep wrote or changed in the mirror, the manifest last; then remove the remote
-    files the old manifest listed and the new one does not."""
+            before: dict[str, Any], back: dict[str, str], pending: bool) -> None:
+    """Upload what prep wrote or changed in the mirror, the manifest last, so a killed upload
+    leaves the old output whole or no output: files under new names first (the old manifest
+    stays valid); before the first file the old manifest lists is overwritten, that manifest is
+    moved to ``PENDING`` (so readers find no output, and the next prep knows these files are its
+    own). Then the remote files the old manifest listed and the new one does not are removed."""
     new = load_manifest(mirror)
     listed = _listed(new)
     changed = [r for r in [*listed, REJECTS] if (mirror / r).is_file() and _stamp(mirror / r) != before.get(r)]
-    changed.sort(key=lambda r: r in before)  # new names first: they break nothing the old manifest lists
+    overwritten = [r for r in changed if r in _listed(old)]
     remote_view = {**new, "inputs": [{**e, "path": back.get(e["path"], e["path"])} for e in new["inputs"]]}
     problem = manifest_problem(remote_view)
     if problem:
         raise ValueError(f"refusing to upload an invalid manifest to {out}: {problem}")
     try:
-        for relative in changed:
+        for relative in [r for r in changed if r not in overwritten]:
             fs.put_file(str(mirror / relative), f"{base}/{relative}")
-        if remote_view != old:
-            fs.pipe_file(f"{base}/{MANIFEST_NAME}", orjson.dumps(remote_view, option=orjson.OPT_INDENT_2) + b"\n")
+        if overwritten and not pending:  # (after a killed upload PENDING is there already)
+            fs.pipe_file(f"{base}/{PENDING}", _json(old))
+            fs.rm_file(f"{base}/{MANIFEST_NAME}")
+            pending = True
+        for relative in overwritten:
+            fs.put_file(str(mirror / relative), f"{base}/{relative}")
+        if remote_view != old or pending:
+            fs.pipe_file(f"{base}/{MANIFEST_NAME}", _json(remote_view))
     except OSError as exc:
-        raise PokeRLError(f"uploading to {out} failed ({exc}); its manifest still lists the old "
-                          "output: run the same prep again to finish")  from None  # fmt: skip
+        state = "holds no output until then" if pending else "still holds the old output"
+        raise PokeRLError(f"uploading to {out} failed ({exc}); it {state}: run the same prep "
+                          "again to finish")  from None  # fmt: skip
     dropped = sorted(set(_listed(old)) - set(listed))
     try:
         for relative in dropped:
             fs.rm_file(f"{base}/{relative}")
+        if pending or fs.exists(f"{base}/{PENDING}"):  # also one a killed run left behind
+            fs.rm_file(f"{base}/{PENDING}")
     except OSError as exc:
         raise PokeRLError(f"{out} is complete, but removing the files it no longer lists failed "
                           f"({exc}); run the same prep again to remove them")  from None  # fmt: skip
-    manifest = "the new manifest" if remote_view != old else "no manifest (unchanged)"
+    manifest = "the new manifest" if remote_view != old or pending else "no manifest (unchanged)"
     print(f"uploaded {len(changed)} file(s) and {manifest} to {out}; removed {len(dropped)}",
           file=sys.stderr, flush=True)
+
+
+def _json(manifest: dict[str, Any] | None) -> bytes:
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"

@@ -112,6 +112,41 @@ def test_incremental_prep_on_s3_owns_only_what_it_wrote(s3: s3fs.S3FileSystem, t
     assert f"all {sum(len(s['shards']) for s in new['splits'].values())} shards verified" in inspected.output
 
 
+def test_a_failed_upload_leaves_no_output_and_the_next_prep_finishes(
+    s3: s3fs.S3FileSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    assert cli("prep", "s3://bucket/in/c.jsonl", "s3://bucket/kill", *PREP, cache=cache).exit_code == 0
+    put_file = s3.put_file  # fsspec caches the instance: the one poke-rl's s3:// calls get
+    seen = []
+
+    def failing_at_an_overwrite(local: str, remote: str, **kwargs: object) -> None:
+        if remote.endswith("/tensors/train-000000.tar"):  # a name the old manifest lists
+            seen.append((s3.exists("bucket/kill/manifest.json"), s3.exists("bucket/kill/.prep-upload.json")))
+            raise OSError("connection reset (test)")
+        put_file(local, remote, **kwargs)
+
+    rebuild = ["s3://bucket/in/c.jsonl", "s3://bucket/kill", "--val-fraction", "0.25",
+               "--block-size", "8", "--no-progress"]
+    monkeypatch.setattr(s3, "put_file", failing_at_an_overwrite)
+    failed = cli("prep", *rebuild, cache=cache)
+    assert failed.exit_code == 2, failed.output
+    assert "uploading to s3://bucket/kill failed (connection reset (test)); it holds no output" in failed.output
+    assert seen == [(False, True)]  # the old manifest was moved aside before the first overwrite
+    assert not s3.exists("bucket/kill/manifest.json") and s3.exists("bucket/kill/.prep-upload.json")
+    found = cli("inspect", "s3://bucket/kill", cache=cache)  # readers find no output, not a mix
+    assert found.exit_code == 2 and "cannot read s3://bucket/kill/manifest.json" in found.output
+
+    monkeypatch.setattr(s3, "put_file", put_file)
+    finished = cli("prep", *rebuild, cache=tmp_path / "elsewhere")  # from another machine too
+    assert finished.exit_code == 0, finished.output
+    new = remote_manifest(s3, "kill")
+    assert new["block_size"] == 8
+    held = {p.removeprefix("bucket/kill/") for p in s3.find("bucket/kill")}
+    assert held == listed(new) | {"manifest.json", "rejects.jsonl"}
+    assert cli("inspect", "s3://bucket/kill", cache=cache).exit_code == 0
+
+
 def test_corrupt_remote_shard_and_corrupt_cached_copy_are_named(s3: s3fs.S3FileSystem, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     assert cli("prep", "s3://bucket/in/c.jsonl", "s3://bucket/bad", *PREP, cache=cache).exit_code == 0
