@@ -141,6 +141,26 @@ def showdown_missing() -> str | None:
     return None
 
 
+def sigkill_after_first_save(command: list[str], run_dir: Path, env: dict[str, str]) -> int:
+    """Run ``poke-rl train`` (``command``, writing ``run_dir``), SIGKILL it as soon as its
+    ``last.pt`` exists, and return that checkpoint's step."""
+    import signal
+    import subprocess
+    import time
+
+    from poke_rl.checkpoint import load_checkpoint
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return load_checkpoint(last)["step"]
+
+
 def assert_checkpoints_equal(a: dict, b: dict) -> None:
     """Two checkpoints hold bitwise the same training state: networks, targets, optimisers,
     schedulers, step and loader position."""

@@ -9,20 +9,17 @@ import functools
 import http.server
 import logging
 import os
-import signal
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from conftest import assert_checkpoints_equal, sigkill_after_first_save
 from typer.testing import CliRunner
 
 from poke_rl.checkpoint import load_checkpoint
 from poke_rl.cli import app
-from tests.conftest import assert_checkpoints_equal
 
 s3fs = pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[dev]'")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
@@ -199,16 +196,9 @@ def test_train_from_s3_killed_then_resumed_reads_the_cache(s3: s3fs.S3FileSystem
     cache = tmp_path / "cache-b"
     killed = tmp_path / "killed"
     env = {**os.environ, "POKE_RL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([str(POKE_RL), *map(str, args), "--run-dir", str(killed)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = sigkill_after_first_save([str(POKE_RL), *map(str, args), "--run-dir", str(killed)], killed, env)
+    assert 0 < killed_at < 60
     last = killed / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    killed_at = load_checkpoint(last)["step"]
-    assert 0 < killed_at < 60 and process.returncode == -signal.SIGKILL
 
     # the resumed run must not download again what the killed one had cached: take those
     # shards away from the bucket (back afterwards: the module shares it)

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 import torch
-from conftest import assert_checkpoints_equal
+from conftest import assert_checkpoints_equal, sigkill_after_first_save
 from typer.testing import CliRunner
 
 from poke_rl.checkpoint import load_checkpoint, save_checkpoint
@@ -301,16 +299,7 @@ def test_sigkill_then_resume_is_bitwise_identical(synthetic_shards: Path, tmp_pa
                    capture_output=True, timeout=120)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_cmd(synthetic_shards, killed, toml), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(last)["step"]
+    killed_at = sigkill_after_first_save(_train_cmd(synthetic_shards, killed, toml), killed, _env())
     assert 0 < killed_at < 200  # really killed midway
 
     resumed = subprocess.run(_train_cmd(synthetic_shards, killed, toml) + ["--resume"],
