@@ -8,7 +8,7 @@ uploads them to a moto server started for the run (needs the dev extra: s3fs, ``
 then alternates, ``--reps`` times: one epoch from the local folder; one from the prefix with an
 empty cache (every shard downloaded, hashed as it arrives, then read from the cache); one from
 the prefix with that cache warm (each shard hashed once by the fresh loader, no download). Loader
-in the main process, batches of 256, verification on (as ``train``). Prints a Markdown table of
+in the main process, batches of 256, verification on, one torch thread (as ``train``). Prints a Markdown table of
 transitions/s (median, min and max of the repetitions) and each row's ratio of medians to the
 local folder. Loopback moto is not a real object store: the cold row measures the cache's own
 work (download through s3fs, hashing, the rename) plus moto's throughput, not S3's.
@@ -23,6 +23,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from pipelines.bench_loader import BATCH, FINGERPRINT, build
 from pipelines.stats import SPREAD_HEADER, Spread
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=Path("bench-data/remote"))
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # train's default: on a shared machine more threads ran far slower
 
     import s3fs
     from moto.server import ThreadedMotoServer
