@@ -112,6 +112,7 @@ def prep_anywhere(inputs: Sequence[str], out: str, options: PrepOptions) -> Prep
     fs, base = filesystem(check_url(out), write=True)
     old, pending = _remote_manifest(fs, base, out)
     mirror = root / "mirrors" / _key(out.rstrip("/"))
+    print(f"prep {out}: built in the local mirror {mirror}, then uploaded", file=sys.stderr, flush=True)
     before = _mirror(old, out, mirror, root)
     result = run_prep(local_inputs, mirror, options)
     back = {**{c: u for u, c in _to_cache(root, old).items()}, **urls}

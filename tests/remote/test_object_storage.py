@@ -20,6 +20,9 @@ from typer.testing import CliRunner
 
 from poke_rl.checkpoint import load_checkpoint
 from poke_rl.cli import app
+from poke_rl.features import Preprocessor
+from poke_rl.loader import LoaderConfig, train_loader
+from poke_rl.shards import ShardError
 
 s3fs = pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[dev]'")
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is in the dev extra")
@@ -166,9 +169,10 @@ def test_corrupt_remote_shard_and_corrupt_cached_copy_are_named(s3: s3fs.S3FileS
     assert bad.exit_code == 2
     assert f"{shard['path']}: shard s3://bucket/bad/{shard['path']}: its sha256 differs" in bad.output
     assert not (tmp_path / "fresh" / "sha256" / shard["sha256"].split(":")[1]).exists()
-    train = cli("train", "s3://bucket/bad", "--steps", "2", "--run-dir", tmp_path / "run",
-                "--device", "cpu", "--no-progress", cache=tmp_path / "fresh")
-    assert train.exit_code == 2 and "its sha256 differs from the manifest" in train.output
+    loader = train_loader("s3://bucket/bad", Preprocessor().fingerprint,
+                          LoaderConfig(batch_size=16, cache_dir=str(tmp_path / "fresh")))
+    with pytest.raises(ShardError, match=f"shard s3://bucket/bad/{shard['path']}: its sha256 differs"):
+        next(iter(loader))
 
 
 def test_refusals(s3: s3fs.S3FileSystem, tmp_path: Path) -> None:
@@ -218,6 +222,10 @@ def test_train_from_s3_killed_then_resumed_reads_the_cache(s3: s3fs.S3FileSystem
     b = load_checkpoint(last)
     assert a["step"] == 60
     assert_checkpoints_equal(a, b)
+    evaluated = cli("eval", last, "s3://bucket/out", "--json", "--device", "cpu", cache=cache)
+    assert evaluated.exit_code == 0, evaluated.output
+    report = orjson.loads(evaluated.stdout)
+    assert report["shards"] == "s3://bucket/out" and report["step"] == 60
 
 
 @pytest.fixture(scope="module")
