@@ -12,11 +12,13 @@ OUT as a URL: prep runs into a local mirror (``mirrors/<key>``, keyed by the URL
 remote output is first mirrored: every file its manifest lists that the mirror lacks or holds
 differently is downloaded (shards checked against their sha256, Parquet parts against their size),
 so prep works incrementally on it as on a local folder. Then the files prep wrote or changed are
-uploaded (new names first), ``rejects.jsonl``, and the manifest LAST: readers trust only what the
-manifest lists, so a killed upload leaves the old manifest and every file it lists that this prep
-did not rewrite under the same name; a rewritten one no longer matches the old manifest's sha256
-and every reader names it as corrupt until the next prep completes the upload. Last, remote files
-the old manifest listed and the new one does not are removed (prep owns only what it wrote).
+uploaded, new names first (the old manifest stays valid); before the first file the old manifest
+lists is overwritten (shard names do not change with their content), that manifest is moved to
+``PENDING``; the new manifest is uploaded LAST, the commit point. So a killed or failed upload
+leaves the old output whole, or no output (readers find no manifest, never one whose files
+changed under it) and ``PENDING``, by which the next prep, from any machine, knows the files as
+its own and finishes. Last, remote files the old manifest listed and the new one does not are
+removed (prep owns only what it wrote; ``rejects.jsonl`` is uploaded, never removed).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def fetch_input(url: str, root: Path) -> Path:
 def prep_anywhere(inputs: Sequence[str], out: str, options: PrepOptions) -> PrepResult:
     """``run_prep`` where inputs may be URLs of single files and OUT an s3:// or gs:// prefix."""
     root = cache_root()
+    fs, base = filesystem(check_url(out), write=True) if is_url(out) else (None, "")  # refused first
     urls: dict[str, str] = {}  # cached copy → URL
     local_inputs = []
     for item in inputs:
@@ -109,7 +112,6 @@ def prep_anywhere(inputs: Sequence[str], out: str, options: PrepOptions) -> Prep
             return run_prep(local_inputs, folder, options)
         finally:
             _translate_inputs(folder, {**{c: u for u, c in forward.items()}, **urls})
-    fs, base = filesystem(check_url(out), write=True)
     old, pending = _remote_manifest(fs, base, out)
     mirror = root / "mirrors" / _key(out.rstrip("/"))
     print(f"prep {out}: built in the local mirror {mirror}, then uploaded", file=sys.stderr, flush=True)
