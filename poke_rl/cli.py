@@ -90,9 +90,13 @@ def handle_errors(func: F) -> F:
 @handle_errors
 def prep(
     inputs: list[str] = typer.Argument(
-        ..., help="Trajectory JSONL files (.jsonl, .jsonl.gz, .jsonl.zst), directories or globs."
+        ..., help="Trajectory JSONL files (.jsonl, .jsonl.gz, .jsonl.zst), directories, globs, "
+        "or URLs of single files (s3://, gs://, http(s)://)."
     ),
-    out: Path = typer.Argument(..., help="Output folder (created; swapped in atomically)."),
+    out: str = typer.Argument(
+        ..., help="Output folder (created; swapped in atomically), or an s3:// or gs:// prefix "
+        "(built in a local mirror, then uploaded: manifest last)."
+    ),
     val_fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of battles in val."),
     workers: int | None = typer.Option(
         None, min=1, help="Worker processes (1); with --ray, Ray tasks at once (the cluster's CPUs)."
@@ -119,7 +123,8 @@ def prep(
     ),
 ) -> None:
     """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
-    from poke_rl.prep import PrepInterrupted, PrepOptions, run_prep
+    from poke_rl.prep import PrepInterrupted, PrepOptions
+    from poke_rl.remote import prep_anywhere
 
     options = PrepOptions(
         val_fraction=val_fraction,
@@ -133,7 +138,7 @@ def prep(
         ray_tasks=workers,
     )
     try:
-        run_prep(inputs, out, options)
+        prep_anywhere(inputs, out, options)
     except PrepInterrupted as exc:  # SIGINT 130, SIGTERM 143: the staging is already removed
         typer.echo(f"interrupted by {exc.name}: prep stopped; {out} holds its last complete output", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -142,7 +147,10 @@ def prep(
 @app.command()
 @handle_errors
 def inspect(
-    path: Path = typer.Argument(..., help="A shards folder, a run folder or a checkpoint file."),
+    path: str = typer.Argument(
+        ..., help="A shards folder or URL prefix (s3://, gs://, http(s)://), a run folder or a "
+        "checkpoint file."
+    ),
     as_json: bool = typer.Option(
         False, "--json/--no-json", help="Print one JSON object instead of tables."
     ),
@@ -157,7 +165,10 @@ def inspect(
 @app.command()
 @handle_errors
 def train(
-    shards: Path = typer.Argument(..., help="A prep output folder (with manifest.json)."),
+    shards: str = typer.Argument(
+        ..., help="A prep output folder (with manifest.json) or URL prefix (s3://, gs://, "
+        "http(s)://; shards cached in $POKE_RL_CACHE)."
+    ),
     algo: str = typer.Option(None, "--algo", help="iql (default), cql or bc."),
     steps: int = typer.Option(None, min=1, help="Updates to run (default 100000)."),
     batch_size: int = typer.Option(None, min=1, help="Transitions per update and rank (256)."),
@@ -236,8 +247,8 @@ def eval_command(
     checkpoint: Path = typer.Argument(
         ..., help="A checkpoint (RUN/checkpoints/best.pt, ...) or a run folder (its best.pt)."
     ),
-    shards: Path = typer.Argument(
-        None, help="A prep output folder; its val split is used (not with --online)."
+    shards: str = typer.Argument(
+        None, help="A prep output folder or URL prefix; its val split is used (not with --online)."
     ),
     max_batches: int = typer.Option(0, min=0, help="Cap on val batches (0: the whole split)."),
     batch_size: int = typer.Option(None, min=1, help="Val batch size (the run's by default)."),
@@ -287,7 +298,7 @@ def _checkpoint_argument(path: Path) -> Path:
     return resolved
 
 
-def _eval_online(checkpoint: Path, shards: Path | None, device: str | None, as_json: bool,
+def _eval_online(checkpoint: Path, shards: str | None, device: str | None, as_json: bool,
                  battles: int, opponents: str, battle_format: str, concurrency: int,
                  server: str | None, port: int | None, seed: int, progress: bool) -> None:
     from poke_rl.showdown.online import (
