@@ -1,4 +1,5 @@
-"""Online evaluation: a checkpoint plays live battles against baseline bots (``poke-rl eval --online``).
+"""Online evaluation: a checkpoint (or an exported policy) plays live battles against baseline bots
+(``poke-rl eval --online``), or a league of players plays a rated round robin (``--league``).
 
 The checkpoint's policy (``CheckpointPolicy``) featurises each live observation with the installed
 ``Preprocessor().transform_observation`` (the same features the checkpoint was trained on; a
@@ -35,6 +36,7 @@ import orjson
 
 from poke_rl.console import Progress, print_table
 from poke_rl.errors import PokeRLError
+from poke_rl.export import is_exported_policy, load_policy
 from poke_rl.league import Match, fit_bradley_terry, round_robin
 from poke_rl.policy import CheckpointPolicy
 from poke_rl.showdown.battles import (
@@ -150,7 +152,9 @@ def run_online(checkpoint: str | Path, options: OnlineOptions,
     import torch
 
     torch.set_num_threads(max(1, options.torch_threads))
-    if policy is None:
+    if policy is None and is_exported_policy(checkpoint):  # a ``poke-rl export`` file
+        policy = load_policy(checkpoint, options.device)
+    elif policy is None:
         policy = CheckpointPolicy(checkpoint, options.device)
     results: list[OpponentResult] = []
     start = time.perf_counter()
