@@ -41,7 +41,6 @@ ROUND0 = (  # RESULTS.md's heuristic corpus pairings (p1, p2)
     ("heuristic:0.3", "heuristic"),
     ("heuristic:0.2", "heuristic:0.05"),
     ("heuristic:0.5", "heuristic"),
-    ("heuristic:0.1", "heuristic:0.1"),
 )
 # later rounds: the previous best agent A exploring by its own preferences ("{A}" is its path)
 AGENT_ROUNDS = (
