@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from pipelines.results import StageFailed, run
+from pipelines.results import StageFailed, in_parallel, run
 
 ROUND0 = (  # RESULTS.md's heuristic corpus pairings (p1, p2)
     ("heuristic:0.05", "heuristic:0.2"),
@@ -131,47 +131,57 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def train(root: Path, index: int, shards: Path, names: list[str], steps: int) -> None:
+def train_one(root: Path, index: int, shards: Path, name: str, steps: int) -> None:
     here = round_dir(root, index)
-    for name in ["bc", *(n for n in names if n != "bc")]:
-        run_dir = here / name
-        if any(record.get("step") == steps for record in metrics(run_dir)):
-            continue
-        args = ["train", str(shards), "--config", str(write_config(root, name, steps)),
-                "--run-dir", str(run_dir), "--threads", "1", "--no-progress"]
-        if (run_dir / "checkpoints" / "last.pt").exists():
-            args.append("--resume")
-        elif RUNS[name][0] == "iql":
-            args += ["--init-from", str(here / "bc" / "checkpoints" / "best.pt")]
-        run(args)
+    run_dir = here / name
+    if any(record.get("step") == steps for record in metrics(run_dir)):
+        return
+    args = ["train", str(shards), "--config", str(write_config(root, name, steps)),
+            "--run-dir", str(run_dir), "--threads", "1", "--no-progress"]
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        args.append("--resume")
+    elif RUNS[name][0] == "iql":
+        args += ["--init-from", str(here / "bc" / "checkpoints" / "best.pt")]
+    run(args)
 
 
-def evaluate(root: Path, index: int, shards: Path, names: list[str], battles: int,
-             panel_battles: int, previous: str | None) -> dict[str, float]:
-    """Each run's eval JSON files; its win rate against the heuristic by name."""
+def evaluate_one(root: Path, index: int, shards: Path, name: str, options: argparse.Namespace,
+                 previous: str | None) -> float:
+    """A run's eval JSON files (offline, then its online matches side by side unless
+    ``--serial``); its win rate against the heuristic."""
     here = round_dir(root, index) / "eval"
-    rates = {}
-    for seed, name in enumerate(names):
-        checkpoint = str(round_dir(root, index) / name / "checkpoints" / "last.pt")
-        offline = here / f"{name}-offline.json"
-        if not offline.exists():
-            run(["eval", checkpoint, str(shards), "--json"], stdout=offline)
-        groups = [("panel", "random,maxpower", panel_battles), ("heuristic", "heuristic", battles)]
-        if previous is not None:
-            groups.append(("previous", previous, battles))
-        for label, opponents, count in groups:
-            path = here / f"{name}-{label}-{count}.json"
-            if not path.exists():
-                run(["eval", checkpoint, "--online", "--battles", str(count), "--opponents",
-                     opponents, "--seed", str(100 * index + seed), "--json", "--no-progress"],
-                    stdout=path)
-        report = orjson.loads((here / f"{name}-heuristic-{battles}.json").read_bytes())
-        rates[name] = report["opponents"][0]["win_rate"]
-    return rates
+    seed = list(RUNS).index(name)
+    checkpoint = str(round_dir(root, index) / name / "checkpoints" / "last.pt")
+    offline = here / f"{name}-offline.json"
+    if not offline.exists():
+        run(["eval", checkpoint, str(shards), "--json"], stdout=offline)
+    groups = [("heuristic", "heuristic", options.battles),
+              ("panel", "random,maxpower", options.panel_battles)]
+    if previous is not None:
+        groups.append(("previous", previous, options.battles))
+    jobs = []
+    for label, opponents, count in groups:
+        path = here / f"{name}-{label}-{count}.json"
+        if not path.exists():
+            jobs.append((run, (["eval", checkpoint, "--online", "--battles", str(count),
+                                "--opponents", opponents, "--seed", str(100 * index + seed),
+                                "--json", "--no-progress"], path)))
+    side_by_side(jobs, options.serial)
+    report = orjson.loads((here / f"{name}-heuristic-{options.battles}.json").read_bytes())
+    return float(report["opponents"][0]["win_rate"])
+
+
+def side_by_side(jobs: list[tuple[Any, tuple[Any, ...]]], serial: bool) -> None:
+    if serial:
+        for function, args in jobs:
+            function(*args)
+    else:
+        in_parallel(jobs)
 
 
 def run_round(root: Path, index: int, options: argparse.Namespace) -> str:
-    """One round; the path of its best checkpoint (recorded in ROUND/best.json)."""
+    """One round; the path of its best checkpoint (recorded in ROUND/best.json). BC first; then
+    BC's evaluation beside each IQL run's training and evaluation (one thread each)."""
     best_file = round_dir(root, index) / "best.json"
     if best_file.exists():
         return str(orjson.loads(best_file.read_bytes())["checkpoint"])
@@ -180,13 +190,20 @@ def run_round(root: Path, index: int, options: argparse.Namespace) -> str:
         previous = run_round(root, index - 1, options)
     collect(root, index, options.chunk_battles, previous)
     shards = prep(root, index)
-    names = options.runs.split(",")
-    train(root, index, shards, names, options.steps)
-    rates = evaluate(root, index, shards, names, options.battles, options.panel_battles, previous)
-    best = max(rates, key=lambda name: rates[name])
+    names = ["bc", *(name for name in options.runs.split(",") if name != "bc")]
+    train_one(root, index, shards, "bc", options.steps)
+    rates: dict[str, float] = {}
+
+    def train_and_evaluate(name: str) -> None:
+        train_one(root, index, shards, name, options.steps)
+        rates[name] = evaluate_one(root, index, shards, name, options, previous)
+
+    side_by_side([(train_and_evaluate, (name,)) for name in names], options.serial)
+    best = max(names, key=lambda name: rates[name])
     checkpoint = str(round_dir(root, index) / best / "checkpoints" / "last.pt")
     best_file.write_bytes(orjson.dumps({"run": best, "checkpoint": checkpoint,
-                                        "vs_heuristic": rates}, option=orjson.OPT_INDENT_2))
+                                        "vs_heuristic": {n: rates[n] for n in names}},
+                                       option=orjson.OPT_INDENT_2))
     print(f"round {index}: best {best} ({rates[best]:.1%} against the heuristic)", flush=True)
     return checkpoint
 
@@ -211,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="battles against the heuristic and the previous best")
     parser.add_argument("--panel-battles", type=int, default=200,
                         help="battles against random and maxpower")
+    parser.add_argument("--serial", action="store_true", help="one command at a time")
     parser.add_argument("--league", action="store_true", help="then a league of each round's best")
     parser.add_argument("--league-battles", type=int, default=200)
     options = parser.parse_args(argv)

@@ -49,9 +49,9 @@ class FakePokeRL:
             stdout.write_bytes(orjson.dumps({"opponents": [{"win_rate": rate}]}))
 
 
-def options(root: Path, rounds: int) -> list[str]:
+def options(root: Path, rounds: int, serial: bool = True) -> list[str]:
     return ["--root", str(root), "--rounds", str(rounds), "--chunk-battles", "5", "--steps", "30",
-            "--battles", "10", "--panel-battles", "4"]
+            "--battles", "10", "--panel-battles", "4", *(["--serial"] if serial else [])]
 
 
 def test_two_rounds_then_a_rerun_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,9 +60,10 @@ def test_two_rounds_then_a_rerun_does_nothing(tmp_path: Path, monkeypatch: pytes
     assert beat_heuristic.main(options(tmp_path, 2)) == 0
     kinds = [args[0] for args in fake.commands]
     chunks0, chunks1 = len(beat_heuristic.ROUND0), len(beat_heuristic.AGENT_ROUNDS)
-    # round 0: collect, prep, bc, iql30, then bc's and iql30's offline + 2 online evals
-    assert kinds == (["collect"] * chunks0 + ["prep", "train", "train"] + ["eval"] * 6
-                     + ["collect"] * chunks1 + ["prep", "train", "train"] + ["eval"] * 8)
+    # round 0: collect, prep, bc, bc's offline + 2 online evals, iql30 and its evals; round 1
+    # the same with a third online eval each (against round 0's best)
+    assert kinds == (["collect"] * chunks0 + ["prep"] + (["train"] + ["eval"] * 3) * 2
+                     + ["collect"] * chunks1 + ["prep"] + (["train"] + ["eval"] * 4) * 2)
     best0 = str(tmp_path / "round0" / "iql30" / "checkpoints" / "last.pt")  # 52 % beats 48 %
     assert orjson.loads((tmp_path / "round0" / "best.json").read_bytes())["checkpoint"] == best0
     collects1 = [args for args in fake.commands if args[0] == "collect"][chunks0:]
@@ -96,6 +97,20 @@ def test_a_failed_step_resumes_where_it_stopped(tmp_path: Path,
     monkeypatch.setattr(beat_heuristic, "run", fake)
     assert beat_heuristic.main(options(tmp_path, 1)) == 0
     assert fake.commands[0][0] == "train" and "--resume" in fake.commands[0]
-    assert [args[0] for args in fake.commands[1:]] == ["eval"] * 6
+    assert [args[0] for args in fake.commands[1:]] == ["eval"] * 3  # bc's were done
     assert beat_heuristic.chunk_name(3, "/r/a/last.pt:top2:0.2", "heuristic") == \
         "c3-agent_top2_0.2-vs-heuristic.jsonl.gz"
+
+
+def test_side_by_side_runs_the_same_commands(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    serial, parallel = FakePokeRL(), FakePokeRL()
+    monkeypatch.setattr(beat_heuristic, "run", serial)
+    assert beat_heuristic.main(options(tmp_path / "a", 2)) == 0
+    monkeypatch.setattr(beat_heuristic, "run", parallel)
+    assert beat_heuristic.main(options(tmp_path / "b", 2, serial=False)) == 0
+
+    def relative(commands: list[list[str]], root: Path) -> list[str]:
+        return sorted(" ".join(args).replace(str(root), "ROOT") for args in commands)
+
+    assert relative(serial.commands, tmp_path / "a") == relative(parallel.commands, tmp_path / "b")
