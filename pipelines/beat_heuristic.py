@@ -79,17 +79,18 @@ def chunk_name(chunk: int, p1: str, p2: str) -> str:
     return f"c{chunk}-{short(p1)}-vs-{short(p2)}.jsonl.gz"
 
 
-def collect(root: Path, index: int, battles: int, agent: str | None) -> list[Path]:
+def collect(root: Path, index: int, battles: int, agent: str | None, serial: bool) -> None:
+    """The round's chunks, side by side unless ``serial`` (each collect has its own server)."""
     corpus = round_dir(root, index) / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
-    files = []
+    jobs = []
     for chunk, (p1, p2) in enumerate(pairings(index, agent)):
         path = corpus / chunk_name(chunk, p1, p2)
         if not path.exists():  # collect writes a temporary file and renames it when done
-            run(["collect", str(path), "-n", str(battles), "--p1", p1, "--p2", p2,
-                 "--concurrency", "8", "--seed", str(1000 * index + chunk), "--no-progress"])
-        files.append(path)
-    return files
+            jobs.append((run, (["collect", str(path), "-n", str(battles), "--p1", p1, "--p2", p2,
+                                "--concurrency", "8", "--seed", str(1000 * index + chunk),
+                                "--no-progress"],)))
+    side_by_side(jobs, serial)
 
 
 def trajectory_files(root: Path, upto: int) -> list[Path]:
@@ -188,7 +189,7 @@ def run_round(root: Path, index: int, options: argparse.Namespace) -> str:
     previous = None
     if index > 0:
         previous = run_round(root, index - 1, options)
-    collect(root, index, options.chunk_battles, previous)
+    collect(root, index, options.chunk_battles, previous, options.serial)
     shards = prep(root, index)
     names = ["bc", *(name for name in options.runs.split(",") if name != "bc")]
     train_one(root, index, shards, "bc", options.steps)
