@@ -158,6 +158,10 @@ def test_checkpoint_of_another_preprocessor_is_refused(
     ([], "give SHARDS"),
     (["--online", "--opponents", "nope"], "unknown player"),
     (["--online", "--format", "gen9ou"], "random-battle formats"),
+    (["--league", "random"], "add --online"),
+    (["--online", "--league", "random,nope"], "unknown player"),
+    (["--online", "--league", "random,random"], "twice"),
+    (["--online", "--league", "heuristic", "--format", "gen9ou"], "random-battle formats"),
 ])
 def test_bad_usage_exits_2(checkpoints: dict[str, Path], extra: list[str], message: str) -> None:
     result = runner.invoke(app, ["eval", str(checkpoints["bc"]), *extra])
