@@ -19,11 +19,11 @@ SHOWDOWN_STAMP   := $(SHOWDOWN_DIR)/.installed-$(SHOWDOWN_VERSION)
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(SYSPY) -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[dev,onnx]'
+	$(PIP) install -q -e '.[dev,onnx,ray]'
 	touch $@
 
 $(VENV)/.installed-bench: $(VENV)/.installed-dev
-	$(PIP) install -q -e '.[dev,onnx,bench]'
+	$(PIP) install -q -e '.[dev,onnx,ray,bench]'
 	touch $@
 
 install: $(VENV)/.installed-dev

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 from pipelines.bench import cpu_model  # noqa: E402
 from pipelines.stats import SPREAD_HEADER, Spread  # noqa: E402
-from poke_rl import dex, schema  # noqa: E402
-from poke_rl.features import Feature, Preprocessor, columns_from_arrow  # noqa: E402
+from poke_rl import dex, matchup_features, schema  # noqa: E402
+from poke_rl.features import Feature, FeatureConfig, Preprocessor, columns_from_arrow  # noqa: E402
 
 
 def random_observation_table(rows: int, seed: int, row_group_rows: int = 65_536) -> pa.Table:
@@ -85,10 +85,13 @@ class SeedFeaturePreprocessor:
         ids: list[torch.Tensor] = []
         num: list[torch.Tensor] = []
         for feature in self.table:
-            if feature.encoding == "dex":  # the seed had none: per sample, as live play does it
-                row = np.zeros((1, dex.WIDTH), dtype=np.float32)
-                dex.encode({name: self._one_row(obs, name) for name in feature.sources}, row,
-                           dex.default_tables())
+            if feature.encoding in ("dex", "matchup"):  # the seed had none: per sample, as live
+                module = dex if feature.encoding == "dex" else matchup_features  # play does it
+                tables = (dex.default_tables() if feature.encoding == "dex"
+                          else matchup_features.default_tables_v3())
+                row = np.zeros((1, module.WIDTH), dtype=np.float32)
+                module.encode({name: self._one_row(obs, name) for name in feature.sources}, row,
+                              tables)  # type: ignore[arg-type]
                 num.append(torch.from_numpy(row[0]))
                 continue
             for name in feature.sources:
@@ -107,6 +110,10 @@ class SeedFeaturePreprocessor:
                     num.append(x / feature.scale)
                 elif feature.encoding == "clipped":
                     num.append(x.clamp(0, feature.clip) / feature.scale)
+                elif feature.encoding == "bits":
+                    shifts = torch.arange(feature.bits or 0)
+                    bits = (torch.tensor(value, dtype=torch.long).reshape(-1, 1) >> shifts) & 1
+                    num.append(bits.to(torch.float32).reshape(-1))
                 else:
                     index = torch.tensor(value, dtype=torch.long).reshape(-1)
                     onehot = torch.nn.functional.one_hot(index, feature.classes or 0)
@@ -172,11 +179,17 @@ def main(argv: list[str] | None = None) -> None:
             pre.transform_columns(columns)
 
     prepared = [columns_from_arrow(batch, "obs_") for batch in batches]
+    without = Preprocessor(FeatureConfig(matchup_features=False))  # features v3 less the matchup
+    v2 = Preprocessor(FeatureConfig(v2_features=False, matchup_features=False))  # features v2
     seed_name = "seed baseline: per-dict torch tensors per field + cat"
     results = interleaved_rates(
         {
             "columnar: `columns_from_arrow` + `transform_columns`": (columnar, args.rows),
             "columnar: `transform_columns` only": (columnar_transform_only, args.rows),
+            "columnar, without the matchup features: `transform_columns` only": (
+                lambda: [without.transform_columns(c) for c in prepared], args.rows),
+            "columnar, features v2 (no v2 fields, no matchup): `transform_columns` only": (
+                lambda: [v2.transform_columns(c) for c in prepared], args.rows),
             "per-dict: `transform_observation` (validates)": (
                 lambda: [pre.transform_observation(d) for d in dicts],
                 dict_rows,

@@ -18,6 +18,12 @@ machine in this run:
   four parts (flat = streaming);
 - tensor-shard bytes over the raw bytes of the arrays they hold.
 
+With ``--ray``, only this instead (one run each, ``--reps`` ignored): prep with 2 local workers
+against prep on a local Ray cluster of 2 logical CPUs (``ray.init(num_cpus=2)`` in the same
+subprocess, then ``run_prep(..., PrepOptions(ray="auto"))``: what ``poke-rl prep --ray auto`` runs
+against a ``ray start --head --num-cpus 2``), the cluster's start-up timed apart; and whether
+both outputs are identical (every file's bytes).
+
 Prints a Markdown table: every measured figure as the median, min and max of ``--reps``
 repetitions, ratios of medians. The machine may be shared: the load average is printed with the
 results.
@@ -181,6 +187,58 @@ def seed_path(lines: list[str]) -> tuple[float, int]:
     return time.perf_counter() - start, len(transitions)
 
 
+def timed_prep_cmd(inputs: list[Path], out: Path, ray_cpus: int | None) -> list[str]:
+    """A subprocess running ``run_prep`` with 2 local workers, or first starting a local Ray
+    cluster of ``ray_cpus`` logical CPUs and prepping on it; it prints ``{"init_s", "prep_s"}``
+    (``prep_s``: ``run_prep``'s own elapsed time, the same span in both)."""
+    start_ray = (
+        f"import ray; ray.init(num_cpus={ray_cpus}, include_dashboard=False, logging_level='ERROR'); "
+        if ray_cpus else ""
+    )
+    options = "ray='auto'" if ray_cpus else "workers=2"
+    code = (
+        "import json, os, time; os.environ.setdefault('RAY_AUTH_MODE', 'disabled'); t = time.perf_counter(); "
+        f"{start_ray}init = time.perf_counter() - t; from poke_rl.prep import run_prep, PrepOptions; "
+        f"r = run_prep({[str(p) for p in inputs]!r}, {str(out)!r}, PrepOptions({options}, force=True, "
+        "progress=False)); print(json.dumps({'init_s': init, 'prep_s': r.elapsed_s}))"
+        + ("; ray.shutdown()" if ray_cpus else "")
+    )
+    return [sys.executable, "-c", code]
+
+
+def ray_vs_local(corpus: list[Path], out: Path, command: str) -> None:
+    """``--ray``: 2 local workers vs a 2-CPU local Ray cluster, one run each, same corpus."""
+    mb = sum(p.stat().st_size for p in corpus) / 1e6
+    load_before = os.getloadavg()
+    runs = {}
+    for name, cpus in (("local", None), ("ray", 2)):
+        start = time.perf_counter()
+        done = subprocess.run(timed_prep_cmd(corpus, out / name, cpus), capture_output=True, text=True, check=True)
+        runs[name] = {**json.loads(done.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - start}
+    load_after = os.getloadavg()
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")}  # fmt: skip
+
+    same = tree(out / "local") == tree(out / "ray")
+    written = sum(p.stat().st_size for p in (out / "ray").rglob("*") if p.is_file()) / 1e6
+    shutil.rmtree(out, ignore_errors=True)
+    local, ray = runs["local"], runs["ray"]
+    print(f"`{command}` — corpus {mb:,.0f} MB of JSONL in {len(corpus)} file(s), {written:,.0f} MB "
+          f"written; {os.cpu_count()} cores, load average {load_before[0]:.1f} before / "
+          f"{load_after[0]:.1f} after (shared machine); one run each, wall clock\n")  # fmt: skip
+    print("| measure | result | ratio |")
+    print("|---|---|---|")
+    print(f"| prep, 2 local workers | `run_prep` {local['prep_s']:.1f} s = {mb / local['prep_s']:,.1f} MB/s; "
+          f"subprocess {local['wall_s']:.1f} s | 1.00 |")
+    print(f"| prep --ray, local cluster of 2 CPUs | `run_prep` {ray['prep_s']:.1f} s = "
+          f"{mb / ray['prep_s']:,.1f} MB/s; + cluster start {ray['init_s']:.1f} s; subprocess "
+          f"{ray['wall_s']:.1f} s | {local['prep_s'] / ray['prep_s']:.2f} × local (`run_prep`), "
+          f"{local['wall_s'] / ray['wall_s']:.2f} × (subprocess, start-up included) |")
+    print(f"| outputs identical (every file) | {'yes' if same else 'NO'} | |")
+
+
 def raw_array_bytes(manifest: dict) -> int:
     row = 0
     for spec in manifest["preprocessor"]["features"].values():
@@ -196,8 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-mb", type=int, default=16, help="subset for the seed's path")
     parser.add_argument("--cache", type=Path, default=REPO / "bench-data")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ray", action="store_true", help="only: 2 local workers vs a 2-CPU Ray cluster")
     args = parser.parse_args(argv)
     parts = max(1, args.size_mb // args.part_mb)
+    if args.ray:
+        corpus = corpus_parts(args.cache, parts, args.part_mb, args.seed)
+        command = f"python -m pipelines.bench_prep --ray --size-mb {args.size_mb} --part-mb {args.part_mb}"
+        ray_vs_local(corpus, args.cache / "out-ray-bench", command)
+        return
     paths = corpus_parts(args.cache, max(parts, 4), args.part_mb, args.seed)
     corpus = paths[:parts]
     json_bytes = sum(p.stat().st_size for p in corpus)

@@ -90,14 +90,21 @@ def handle_errors(func: F) -> F:
 @handle_errors
 def prep(
     inputs: list[str] = typer.Argument(
-        ..., help="Trajectory JSONL files (.jsonl, .jsonl.gz, .jsonl.zst), directories or globs."
+        ..., help="Trajectory JSONL files (.jsonl, .jsonl.gz, .jsonl.zst), directories, globs, "
+        "or URLs of single files (s3://, gs://, http(s)://)."
     ),
-    out: Path = typer.Argument(..., help="Output folder (created; swapped in atomically)."),
+    out: str = typer.Argument(
+        ..., help="Output folder (created; swapped in atomically), or an s3:// or gs:// prefix "
+        "(built in a local mirror, then uploaded: manifest last)."
+    ),
     val_fraction: float = typer.Option(0.05, min=0.0, max=1.0, help="Share of battles in val."),
-    workers: int = typer.Option(1, min=1, help="Worker processes."),
+    workers: int | None = typer.Option(
+        None, min=1, help="Worker processes (1); with --ray, Ray tasks at once (the cluster's CPUs)."
+    ),
     block_size: int = typer.Option(4096, min=1, help="Transitions per tensor block."),
     force: bool = typer.Option(
-        False, "--force/--no-force", help="Rebuild everything even if up to date."
+        False, "--force/--no-force",
+        help="Rebuild everything from exactly these inputs (how an input OUT holds is removed).",
     ),
     strict: bool = typer.Option(
         False, "--strict/--no-strict", help="Exit 2 on the first rejected line."
@@ -108,21 +115,30 @@ def prep(
         help='Keep in the tensor shards only trajectories whose metadata match, e.g. '
         '\'rating >= 1500 and format == "gen9randombattle"\' (the Parquet keeps all).',
     ),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Run the chunks as tasks on a Ray cluster (pip install 'poke-rl[ray]'): auto (the "
+        "cluster `ray start` runs here), local (a new one on this machine), HOST:PORT or "
+        "ray://HOST:10001. The output is the same as without.",
+    ),
 ) -> None:
     """Explode trajectory JSONL into transition Parquet and WebDataset tensor shards."""
-    from poke_rl.prep import PrepInterrupted, PrepOptions, run_prep
+    from poke_rl.prep import PrepInterrupted, PrepOptions
+    from poke_rl.remote import prep_anywhere
 
     options = PrepOptions(
         val_fraction=val_fraction,
-        workers=workers,
+        workers=workers or 1,
         block_size=block_size,
         force=force,
         strict=strict,
         progress=progress,
         where=where,
+        ray=ray,
+        ray_tasks=workers,
     )
     try:
-        run_prep(inputs, out, options)
+        prep_anywhere(inputs, out, options)
     except PrepInterrupted as exc:  # SIGINT 130, SIGTERM 143: the staging is already removed
         typer.echo(f"interrupted by {exc.name}: prep stopped; {out} holds its last complete output", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -131,7 +147,10 @@ def prep(
 @app.command()
 @handle_errors
 def inspect(
-    path: Path = typer.Argument(..., help="A shards folder, a run folder or a checkpoint file."),
+    path: str = typer.Argument(
+        ..., help="A shards folder or URL prefix (s3://, gs://, http(s)://), a run folder or a "
+        "checkpoint file."
+    ),
     as_json: bool = typer.Option(
         False, "--json/--no-json", help="Print one JSON object instead of tables."
     ),
@@ -146,7 +165,10 @@ def inspect(
 @app.command()
 @handle_errors
 def train(
-    shards: Path = typer.Argument(..., help="A prep output folder (with manifest.json)."),
+    shards: str = typer.Argument(
+        ..., help="A prep output folder (with manifest.json) or URL prefix (s3://, gs://, "
+        "http(s)://; shards cached in $POKE_RL_CACHE)."
+    ),
     algo: str = typer.Option(None, "--algo", help="iql (default), cql or bc."),
     steps: int = typer.Option(None, min=1, help="Updates to run (default 100000)."),
     batch_size: int = typer.Option(None, min=1, help="Transitions per update and rank (256)."),
@@ -225,8 +247,8 @@ def eval_command(
     checkpoint: Path = typer.Argument(
         ..., help="A checkpoint (RUN/checkpoints/best.pt, ...) or a run folder (its best.pt)."
     ),
-    shards: Path = typer.Argument(
-        None, help="A prep output folder; its val split is used (not with --online)."
+    shards: str = typer.Argument(
+        None, help="A prep output folder or URL prefix; its val split is used (not with --online)."
     ),
     max_batches: int = typer.Option(0, min=0, help="Cap on val batches (0: the whole split)."),
     batch_size: int = typer.Option(None, min=1, help="Val batch size (the run's by default)."),
@@ -287,7 +309,7 @@ def _checkpoint_argument(path: Path) -> Path:
     return resolved
 
 
-def _online_options(shards: Path | None, device: str | None, battles: int, battle_format: str,
+def _online_options(shards: str | None, device: str | None, battles: int, battle_format: str,
                     concurrency: int, server: str | None, port: int | None, seed: int,
                     progress: bool) -> Any:
     from poke_rl.showdown.online import OnlineOptions

@@ -15,7 +15,9 @@ vocabulary or scale, and how tensor shards store it: ``storage``, ``tolerance``)
 
 Float features are one IEEE operation (a division) on a float32-exact input, so Python's float64
 arithmetic rounded to float32 equals float32 arithmetic exactly; that is what keeps the two paths
-bitwise equal (and why ``FeatureConfig`` checks that its scales are float32-exact).
+bitwise equal (and why ``FeatureConfig`` checks that its scales are float32-exact).The dex and matchup features have one numpy implementation each (run on one-row blocks for the
+per-observation path). Version 3 adds schema v2's fields (``_v2_table``) and the matchup features
+(``poke_rl.matchup_features``); docs/FEATURES.md lists every feature with its storage.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import dex, schema
+from . import dex, feature_columns, matchup, matchup_features, schema
 from .batch import FeatureSpec
+from .feature_columns import as_2d, columns_from_arrow, encode_block, one_row, row_count
 from .fingerprint import compute_fingerprint, normalised_source
 from .storage import StateLayout, half_tolerance
+
+__all__ = ["Feature", "FeatureConfig", "Preprocessor", "columns_from_arrow", "feature_table"]
 
 ID_DTYPE = np.int16
 NUM_DTYPE = np.float32
@@ -41,10 +46,19 @@ BOOST_LIMIT = 6
 SPIKES_LAYERS = 3
 TOXIC_SPIKES_LAYERS = 2
 
-# Vocabularies of id columns: the schema's, plus the statuses (0..6).
-FEATURE_VOCAB_SIZES: dict[str, int] = {**schema.VOCAB_SIZES, "status": len(STATUS_NAMES)}
+# Vocabularies of id columns: the schema's, plus the statuses (0..6); the schema's "type" (tera
+# types) is "tera_type" here, since a model's nn.ModuleDict of embeddings cannot hold a "type".
+FEATURE_VOCAB_SIZES: dict[str, int] = {**schema.VOCAB_SIZES, "status": len(STATUS_NAMES),
+                                       "tera_type": schema.VOCAB_SIZES["type"]}
 
-Encoding = Literal["id", "scaled", "clipped", "onehot", "dex"]
+TURNS_SCALE = 8.0  # side conditions, Trick Room, weather and terrain: turns left / 8 (0..8)
+STAT_SCALE = 512.0  # team_stats / 512: float16 holds stats below 2048 exactly
+VOLATILE_BITS = 31  # schema.VOLATILES_MAX: bit i is vocab.VOLATILES[i]
+TURN_FIELDS = tuple(f"{side}_{name}" for name in (
+    "reflect", "light_screen", "aurora_veil", "tailwind", "safeguard", "mist")
+    for side in ("own", "opp")) + ("trick_room", "weather_turns", "terrain_turns")
+
+Encoding = Literal["id", "scaled", "clipped", "onehot", "bits", "dex", "matchup"]
 Storage = Literal["id", "flag", "half", "full"]
 UNIT = half_tolerance(1.0)  # float16's largest rounding error on values in [-1, 1]
 # Storage of the dex columns, by the part of the name after the last '.' (or before '='): the
@@ -60,6 +74,13 @@ DEX_STORAGE: dict[str, tuple[Storage, float]] = {
     **{name: ("flag", 0.0) for name in ("physical", "special", "status", "stab", "immune",
                                         "best_damage", "new_hazard", "removes_hazard")},
 }  # fmt: skip
+# Storage of the matchup columns (``matchup_features``), by name before any '[': damage
+# fractions within [0, 2] to float16's rounding there; who moves first is 0, 0.5 or 1 (exact).
+MATCHUP_STORAGE: dict[str, tuple[Storage, float]] = {
+    **{name: ("half", half_tolerance(matchup_features.DAMAGE_CLIP))
+       for name in ("threat_active", "threat", "attack_active", "attack")},
+    "first": ("half", 0.0), "move_first": ("half", 0.0), "speed_share": ("half", UNIT),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,8 @@ class FeatureConfig:
     status_onehot: bool = True  # also one-hot the two active statuses in ``num``
     active_slot_onehot: bool = True  # active_slot one-hot in ``num`` (else an id, vocab "slot")
     dex_features: bool = True  # the dex features of ``poke_rl.dex`` (types, matchups, damage)
+    v2_features: bool = True  # schema v2's fields (features v3)
+    matchup_features: bool = True  # ``poke_rl.matchup_features`` (damage estimates, speed)
 
     def __post_init__(self) -> None:
         if not (self.turn_scale > 0 and float(np.float32(self.turn_scale)) == self.turn_scale):
@@ -90,14 +113,16 @@ class Feature:
     ``scaled`` writes value / ``scale`` into ``num`` (bools as 0/1); ``clipped`` writes
     min(max(value, 0), ``clip``) / ``scale``; ``onehot`` writes one 0/1 column per class
     1..``classes``-1, class 0 (status none, slot 0) being the all-zero reference, so that the
-    all-zero observation (a terminal row's next state) featurises to all zeros. ``dex`` writes
-    ``poke_rl.dex.encode`` of all its sources at once (``dex.WIDTH`` columns, zero for zero ids).
+    all-zero observation (a terminal row's next state) featurises to all zeros. ``bits`` writes
+    bits 0..``bits``-1 of each integer (a bit set) as 0/1 columns. ``dex`` writes
+    ``poke_rl.dex.encode`` of all its sources at once (``dex.WIDTH`` columns, zero for zero ids),
+    ``matchup`` ``poke_rl.matchup_features.encode`` (``matchup_features.WIDTH`` columns).
 
     ``storage`` declares how a numeric feature is stored in tensor shards (``poke_rl.storage``):
     ``flag`` for 0/1 values (one-hots always are), ``half`` (float16) for bounded values, whose
     float16 rounding must stay within ``tolerance`` (0: float16 holds every value exactly),
     ``full`` (float32, the default) otherwise; the dex feature declares per column
-    (``DEX_STORAGE``). The declaration alone decides, never the data, so shards stay a pure
+    (``DEX_STORAGE``, ``MATCHUP_STORAGE``). The declaration alone decides, never the data, so shards stay a pure
     function of the features.
     """
 
@@ -108,6 +133,7 @@ class Feature:
     scale: float = 1.0
     clip: int | None = None
     classes: int | None = None
+    bits: int | None = None
     storage: Storage = "full"
     tolerance: float = 0.0
 
@@ -121,12 +147,16 @@ class Feature:
 
     @property
     def columns_per_value(self) -> int:
+        if self.encoding == "bits":
+            return self.bits or 0
         return (self.classes or 1) - 1 if self.encoding == "onehot" else 1
 
     @property
     def width(self) -> int:
         if self.encoding == "dex":
             return dex.WIDTH
+        if self.encoding == "matchup":
+            return matchup_features.WIDTH
         return self.source_width * self.columns_per_value
 
     def describe(self) -> dict[str, Any]:
@@ -136,10 +166,12 @@ class Feature:
         """(storage, tolerance) of each output column."""
         if self.encoding == "id":
             return [("id", 0.0)] * self.width
-        if self.encoding == "onehot":
+        if self.encoding in ("onehot", "bits"):
             return [("flag", 0.0)] * self.width
         if self.encoding == "dex":
             return [DEX_STORAGE[name.rsplit(".", 1)[-1].partition("=")[0]] for name in dex.feature_names()]
+        if self.encoding == "matchup":
+            return [MATCHUP_STORAGE[name.partition("[")[0]] for name in matchup_features.feature_names()]
         return [(self.storage, self.tolerance)] * self.width
 
 
@@ -193,6 +225,10 @@ def feature_table(config: FeatureConfig) -> tuple[Feature, ...]:
     ]
     if config.dex_features:
         table.append(F("dex", dex.SOURCES, "dex"))
+    if config.v2_features:
+        table += _v2_table()
+    if config.matchup_features:
+        table.append(F("matchup", matchup_features.SOURCES, "matchup"))
     if config.status_onehot:
         table.append(
             F(
@@ -206,10 +242,39 @@ def feature_table(config: FeatureConfig) -> tuple[Feature, ...]:
     return tuple(ids_first)
 
 
+def _v2_table() -> list[Feature]:
+    """Schema v2's fields (features v3): ids for embeddings, flags, bounded numbers."""
+    F = Feature
+    level = 100.0
+    return [
+        F("team_item", ("team_item",), "id", vocab="item"),
+        F("team_ability", ("team_ability",), "id", vocab="ability"),
+        F("team_tera_type", ("team_tera_type",), "id", vocab="tera_type"),
+        F("team_moves", ("team_moves",), "id", vocab="move"),
+        F("opp_team_moves", ("opp_team_moves",), "id", vocab="move"),
+        F("opp_team_item", ("opp_team_item",), "id", vocab="item"),
+        F("opp_team_ability", ("opp_team_ability",), "id", vocab="ability"),
+        F("opp_team_tera_type", ("opp_team_tera_type",), "id", vocab="tera_type"),
+        F("opp_team_status", ("opp_team_status",), "id", vocab="status"),
+        F("schema_version", ("schema_version",), "scaled", scale=2.0, storage="half"),
+        F("level", ("team_level", "opp_team_level"), "scaled", scale=level, storage="half",
+          tolerance=UNIT),
+        F("team_stats", ("team_stats",), "scaled", scale=STAT_SCALE, storage="half",
+          tolerance=half_tolerance(schema.MAX_STAT / STAT_SCALE)),
+        F("team_move_pp", ("team_move_pp",), "scaled", storage="half", tolerance=UNIT),
+        F("volatiles", ("active_volatiles", "opp_active_volatiles"), "bits", bits=VOLATILE_BITS,
+          storage="flag"),
+        F("turns_left", TURN_FIELDS, "scaled", scale=TURNS_SCALE, storage="half"),
+        F("request", ("can_tera", "force_switch", "trapped"), "scaled", storage="flag"),
+    ]
+
+
 def _column_names(feature: Feature) -> list[str]:
     """Readable names of a feature's output columns (``team_hp[3]``, ``active_status=brn``)."""
     if feature.encoding == "dex":
         return [f"dex.{name}" for name in dex.feature_names()]
+    if feature.encoding == "matchup":
+        return [f"matchup.{name}" for name in matchup_features.feature_names()]
     base = []
     for name in feature.sources:
         spec = schema.FIELDS_BY_NAME[name]
@@ -219,6 +284,8 @@ def _column_names(feature: Feature) -> list[str]:
             base.extend(f"{name}.{b}" for b in BOOST_NAMES)
         else:
             base.extend(f"{name}[{i}]" for i in range(spec.length))
+    if feature.encoding == "bits":
+        return [f"{b}.bit{i}" for b in base for i in range(feature.bits or 0)]
     if feature.encoding != "onehot":
         return base
     labels = STATUS_NAMES if feature.classes == len(STATUS_NAMES) else range(feature.classes or 0)
@@ -226,7 +293,9 @@ def _column_names(feature: Feature) -> list[str]:
 
 
 def _source_paths() -> tuple[Path, ...]:
-    return (Path(__file__), Path(schema.__file__), Path(dex.__file__), dex.DEX_FILE)
+    return (Path(__file__), Path(schema.__file__), Path(dex.__file__), dex.DEX_FILE,
+            Path(matchup.__file__), Path(matchup_features.__file__), matchup.RANDBATS_FILE,
+            Path(feature_columns.__file__))
 
 
 def read_feature_sources() -> bytes:
@@ -243,7 +312,7 @@ class Preprocessor:
     """Observation → (``ids`` int16 [N_ID], ``num`` float32 [N_NUM]), from ``feature_table``."""
 
     name = "poke_rl.features"
-    version = 2  # 2: the dex features
+    version = 3  # 2: the dex features; 3: schema v2's fields and the matchup features
     block_rows = 8192  # rows per cache block of the columnar path; does not change the output
 
     def __init__(self, config: FeatureConfig | None = None) -> None:
@@ -265,10 +334,13 @@ class Preprocessor:
         for vocab, size in self.vocab_sizes.items():
             assert size <= np.iinfo(ID_DTYPE).max + 1, vocab
         used = {name for f in self.table for name in f.sources}
-        missing = [s.name for s in schema.V1_FIELDS if s.name not in used]  # v2: features v3
+        fields = schema.OBSERVATION_FIELDS if self.config.v2_features else schema.V1_FIELDS
+        missing = [s.name for s in fields if s.name not in used]
         assert not missing, f"observation fields not featurised: {missing}"
         self._fingerprint: str | None = None
         self._dex = dex.default_tables() if self.config.dex_features else None
+        self._matchup = (matchup_features.default_tables_v3() if self.config.matchup_features
+                         else None)
 
     # -- description ---------------------------------------------------------------------------
 
@@ -352,8 +424,8 @@ class Preprocessor:
         gives the two arrays to fill (e.g. row slices of a shard block). Raises KeyError for a
         missing field, ValueError for a wrong shape.
         """
-        rows = _row_count(columns)
-        sources = {s.name: _as_2d(columns, s, rows) for s in schema.OBSERVATION_FIELDS}
+        rows = row_count(columns)
+        sources = {s.name: as_2d(columns, s, rows) for s in schema.OBSERVATION_FIELDS}
         if out is None:
             ids = np.empty((rows, self.num_ids), dtype=ID_DTYPE)
             num = np.empty((rows, self.num_dim), dtype=NUM_DTYPE)
@@ -378,11 +450,16 @@ class Preprocessor:
                     assert self._dex is not None
                     dex.encode({n: sources[n][block] for n in feature.sources}, out, self._dex)
                     continue
+                if feature.encoding == "matchup":
+                    assert self._matchup is not None
+                    matchup_features.encode({n: sources[n][block] for n in feature.sources}, out,
+                                            self._matchup)
+                    continue
                 start = 0
                 for name in feature.sources:
                     value = sources[name][block]
                     width = value.shape[1] * feature.columns_per_value
-                    _encode_block(feature, value, out[:, start : start + width])
+                    encode_block(feature, value, out[:, start : start + width])
                     start += width
         return ids, num
 
@@ -405,7 +482,14 @@ class Preprocessor:
             if feature.encoding == "dex":  # one implementation, on a one-row block
                 assert self._dex is not None
                 row = np.empty((1, dex.WIDTH), dtype=NUM_DTYPE)
-                dex.encode({n: _one_row(values[n]) for n in feature.sources}, row, self._dex)
+                dex.encode({n: one_row(values[n]) for n in feature.sources}, row, self._dex)
+                num.extend(float(x) for x in row[0])
+                continue
+            if feature.encoding == "matchup":  # the same: one implementation
+                assert self._matchup is not None
+                row = np.empty((1, matchup_features.WIDTH), dtype=NUM_DTYPE)
+                matchup_features.encode({n: one_row(values[n]) for n in feature.sources}, row,
+                                        self._matchup)
                 num.extend(float(x) for x in row[0])
                 continue
             for name in feature.sources:
@@ -419,6 +503,9 @@ class Preprocessor:
                 elif feature.encoding == "scaled":
                     divisor = float(np.float32(feature.scale))
                     num.extend(float(x) / divisor for x in items)
+                elif feature.encoding == "bits":
+                    for x in items:
+                        num.extend(float((int(x) >> b) & 1) for b in range(feature.bits or 0))
                 elif feature.encoding == "clipped":
                     divisor = float(np.float32(feature.scale))
                     num.extend(
@@ -430,70 +517,3 @@ class Preprocessor:
                             1.0 if int(x) == c else 0.0 for c in range(1, feature.classes or 0)
                         )
         return np.array(ids, dtype=ID_DTYPE), np.array(num, dtype=NUM_DTYPE)
-
-
-def _one_row(value: Any) -> np.ndarray:
-    """A checked observation value as a [1, width] array, as the columnar path sees its block."""
-    return np.asarray(value if isinstance(value, list) else [value]).reshape(1, -1)
-
-
-def _row_count(columns: Mapping[str, np.ndarray]) -> int:
-    first = schema.OBSERVATION_FIELDS[0].name
-    if first not in columns:
-        raise KeyError(f"observation column '{first}' is missing")
-    return int(np.shape(columns[first])[0])
-
-
-def _as_2d(columns: Mapping[str, np.ndarray], spec: schema.ObsField, rows: int) -> np.ndarray:
-    if spec.name not in columns:
-        raise KeyError(f"observation column '{spec.name}' is missing")
-    value = np.asarray(columns[spec.name])
-    expected = (rows,) if spec.length is None else (rows, spec.length)
-    if value.shape != expected:
-        raise ValueError(f"column '{spec.name}' has shape {value.shape}, expected {expected}")
-    return value.reshape(rows, spec.width)
-
-
-def _encode_block(feature: Feature, value: np.ndarray, out: np.ndarray) -> None:
-    """Write the encoding of ``value`` [n, w] into the output view ``out`` [n, w * columns]."""
-    if feature.encoding == "id":
-        out[...] = value
-    elif feature.encoding == "scaled":
-        if feature.scale == 1:
-            out[...] = value
-        else:
-            np.divide(value, NUM_DTYPE(feature.scale), out=out, dtype=NUM_DTYPE, casting="unsafe")
-    elif feature.encoding == "clipped":
-        clipped = np.clip(value, 0, feature.clip)
-        np.divide(clipped, NUM_DTYPE(feature.scale), out=out, dtype=NUM_DTYPE, casting="unsafe")
-    else:
-        labels = np.arange(1, feature.classes or 0, dtype=value.dtype)
-        grid = out.reshape(out.shape[0], value.shape[1], labels.size)
-        np.equal(value[:, :, None], labels, out=grid)
-        if not np.shares_memory(grid, out):
-            out[...] = grid.reshape(out.shape)
-
-
-def columns_from_arrow(data: Any, prefix: str = "obs_") -> dict[str, np.ndarray]:
-    """``<prefix><field>`` columns of a pyarrow Table or RecordBatch → field name → numpy.
-
-    Scalars become [n], fixed-size lists [n, L] (via ``flatten()``, which honours slice offsets).
-    Zero-copy for single-chunk numeric columns; bools (bit-packed in Arrow) and multi-chunk
-    columns are copied.
-    """
-    import pyarrow as pa
-
-    columns: dict[str, np.ndarray] = {}
-    rows = data.num_rows
-    for spec in schema.OBSERVATION_FIELDS:
-        name = prefix + spec.name
-        if name not in data.schema.names:
-            raise KeyError(f"Arrow column '{name}' is missing")
-        column = data.column(name)
-        if isinstance(column, pa.ChunkedArray):
-            column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-        if spec.length is not None:
-            column = column.flatten()
-        array = column.to_numpy(zero_copy_only=False)
-        columns[spec.name] = array if spec.length is None else array.reshape(rows, spec.length)
-    return columns

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from poke_rl.errors import PokeRLError
+from poke_rl.locations import check_url, is_url
 from poke_rl.paths import (
     MANIFEST_NAME,
     is_run_folder,
@@ -28,7 +29,13 @@ _TAIL_BYTES = 1 << 16
 
 def inspect_path(path: str | Path, as_json: bool = False) -> bool:
     """Print what ``path`` holds; False when a prep output's shards fail verification (the CLI
-    exits 2). ``PokeRLError`` for a missing path or one no command reads this way."""
+    exits 2). ``PokeRLError`` for a missing path or one no command reads this way. A URL is a
+    prep output's prefix (``locations``): its shards are verified through the shard cache."""
+    if is_url(path):
+        from poke_rl.features import Preprocessor
+        from poke_rl.shard_inspection import inspect_shards
+
+        return inspect_shards(check_url(path), Preprocessor().fingerprint, as_json)
     path = Path(path)
     if not path.exists():
         raise PokeRLError(f"{path} does not exist")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from poke_rl.errors import PokeRLError
 
@@ -50,22 +50,35 @@ def shard_location(source: str | Path, relative: str) -> str:
     return str(Path(source) / relative)
 
 
-def open_location(location: str) -> IO[bytes]:
-    """Open a local path, or a URL of ``URL_SCHEMES`` with fsspec, for reading (never gopen)."""
-    if not is_url(location):
-        return open(location, "rb")
+def filesystem(location: str, *, write: bool = False) -> tuple[Any, str]:
+    """The fsspec filesystem of a URL of ``URL_SCHEMES`` and the path inside it (s3fs, gcsfs,
+    aiohttp: the ``s3``/``gs`` extras); ``write``: refuse http(s), which poke-rl only reads.
+    Credentials and endpoints come from each library's own settings (``AWS_ENDPOINT_URL``,
+    ``AWS_ACCESS_KEY_ID``, ...: docs/SCALING.md)."""
     check_url(location)
+    if write and location.split("://", 1)[0].lower() in ("http", "https"):
+        raise PokeRLError(f"{location!r}: http(s) locations are read-only; write to s3://, gs:// or a folder")
     try:
         import fsspec
     except ImportError:
         raise PokeRLError(
-            f"reading {location} needs fsspec (pip install fsspec, plus s3fs, gcsfs or aiohttp "
-            "for its scheme); or copy the shards to a local folder"
+            f"reading {location} needs fsspec (pip install 'poke-rl[s3]', or fsspec plus gcsfs or "
+            "aiohttp for its scheme); or copy the shards to a local folder"
         ) from None
     try:
-        return fsspec.open(location, "rb").open()
+        fs, path = fsspec.core.url_to_fs(location)
     except ImportError as exc:  # the scheme's implementation (s3fs, gcsfs, aiohttp) is missing
         raise PokeRLError(f"cannot open {location}: {exc}") from None
+    fs.invalidate_cache()  # fsspec keeps one instance per URL kind: never answer from old listings
+    return fs, path
+
+
+def open_location(location: str) -> IO[bytes]:
+    """Open a local path, or a URL of ``URL_SCHEMES`` with fsspec, for reading (never gopen)."""
+    if not is_url(location):
+        return open(location, "rb")
+    fs, path = filesystem(location)
+    return fs.open(path, "rb")
 
 
 def read_location(location: str, limit: int) -> bytes:

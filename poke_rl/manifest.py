@@ -35,6 +35,10 @@ SPLITS = ("train", "val")
 _COMPONENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"
 _SHARD_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _MAX_PATH = 1024
+_PART_PATH = re.compile(r"transitions/part-\d{5,9}\.parquet")
+# per input (prep): its share of ``counts`` and of ``where``'s two dropped counts
+INPUT_COUNT_KEYS = ("trajectories", "rejected", "terminal", "truncated", "masks_repaired",
+                    "ids_out_of_range", "transitions", "dropped_trajectories", "dropped_transitions")  # fmt: skip
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_INT = 2**63 - 1
@@ -307,11 +311,15 @@ def _check_manifest(manifest: Any) -> None:
     for name, spec in features.items():
         _text(name, "preprocessor.features key")
         _feature(spec, f"preprocessor.features.{name}")
-    for index, item in enumerate(_get(manifest, "inputs", "", _array)):
+    inputs = _get(manifest, "inputs", "", _array)
+    for index, item in enumerate(inputs):
         entry = _object(item, f"inputs[{index}]")
         _get(entry, "path", f"inputs[{index}].", _text)
         _get(entry, "bytes", f"inputs[{index}].", _count, required=False)
         _get(entry, "sha256", f"inputs[{index}].", _text, required=False)
+        counts = _get(entry, "counts", f"inputs[{index}].", _object, required=False)
+        for key in INPUT_COUNT_KEYS if counts is not None else ():
+            _get(counts, key, f"inputs[{index}].counts.", _count)
     counts = _get(manifest, "counts", "", _object)
     _get(counts, "transitions", "counts.", _count)
     for key, value in counts.items():
@@ -325,6 +333,7 @@ def _check_manifest(manifest: Any) -> None:
         for index, item in enumerate(_get(node, "shards", f"splits.{split}.", _array)):
             at = f"splits.{split}.shards[{index}]"
             path = _shard_entry(item, at)["path"]
+            _origin(item, at, len(inputs))
             if path in seen:
                 raise _Invalid(f"{at}.path {_show(path)} lists the shard of {seen[path]} twice")
             seen[path] = at
@@ -333,6 +342,50 @@ def _check_manifest(manifest: Any) -> None:
         raise _Invalid(f"block_size is {block_size}, not a positive integer")
     _get(manifest, "val_fraction", "", _fraction)
     _where_entry(_get(manifest, "where", "", _object, required=False))
+    _parts(manifest.get("parts"), len(inputs))
+    _input_sums(manifest)
+
+
+def _origin(entry: dict, at: str, inputs: int) -> None:
+    """A part's or shard's ``input`` (absent in manifests from before incremental prep)."""
+    if (origin := _get(entry, "input", f"{at}.", _count, required=False)) is not None and origin >= inputs:
+        raise _Invalid(f"{at}.input is {origin}, but the manifest lists {inputs} inputs")
+
+
+def _parts(parts: Any, inputs: int) -> None:
+    """prep's ``parts``: the Parquet parts it wrote (absent in older manifests)."""
+    seen = set()
+    for index, item in enumerate(_array(parts, "parts") if parts is not None else []):
+        at = f"parts[{index}]"
+        entry = _object(item, at)
+        path = _get(entry, "path", f"{at}.", lambda v, a: v)
+        if not isinstance(path, str) or not _PART_PATH.fullmatch(path) or path in seen:
+            raise _Invalid(f"{at}.path {_show(path)} is not a transitions/part-NNNNN.parquet listed once")
+        seen.add(path)
+        _get(entry, "transitions", f"{at}.", _count)
+        _get(entry, "bytes", f"{at}.", _count)
+        _origin(entry, at, inputs)
+
+
+def _input_sums(manifest: dict) -> None:
+    """Where every input records its counts, they add up to ``counts`` (a tampered entry)."""
+    entries = manifest["inputs"]
+    if not entries or not all("counts" in e for e in entries):
+        return
+    totals = {key: sum(e["counts"][key] for e in entries) for key in INPUT_COUNT_KEYS}
+    where_node = manifest.get("where") or {}
+    recorded = {**manifest["counts"], **{k: where_node[k] for k in INPUT_COUNT_KEYS[-2:] if k in where_node}}
+    for key, total in totals.items():
+        if key in recorded and recorded[key] != total:
+            raise _Invalid(f"the inputs' counts.{key} add up to {total}, not the recorded {recorded[key]}")
+    shards = [e for split in SPLITS for e in manifest["splits"][split]["shards"]]
+    for index, counts in enumerate(e["counts"] for e in entries):
+        for what, listed, expected in (("shards", shards, counts["transitions"]), ("parts", manifest.get(
+                "parts") or [], counts["transitions"] + counts["dropped_transitions"])):  # fmt: skip
+            if listed and all("input" in e for e in listed):
+                held = sum(e["transitions"] for e in listed if e["input"] == index)
+                if held != expected:
+                    raise _Invalid(f"the {what} of inputs[{index}] hold {held} transitions, not {expected}")
 
 
 def _where_entry(node: dict | None) -> None:

@@ -1,5 +1,7 @@
 """``poke-rl inspect OUT`` of a prep output: its manifest summarised, every listed shard verified,
-and how a block of a shard turns into transitions (layout v3), as tables or one JSON object."""
+and how a block of a shard turns into transitions (layout v3), as tables or one JSON object. OUT
+may be a URL prefix: its shards are then verified as they are downloaded into the shard cache
+(``cache``), so a later ``train`` on the same machine reads them from there."""
 
 from __future__ import annotations
 
@@ -10,18 +12,21 @@ from typing import Any
 import orjson
 
 from poke_rl import shards
+from poke_rl.cache import cache_root, fetch_shard
 from poke_rl.console import error_line, print_table
 from poke_rl.errors import PokeRLError
+from poke_rl.locations import is_url, shard_location
 from poke_rl.manifest import (
     SPLITS,
     count_problems,
-    load_manifest,
     prep_command,
+    read_manifest,
     shard_entries,
     shard_file,
     stale_problem,
     verify_shards,
 )
+from poke_rl.shards import ShardError
 
 
 def block_layout(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
@@ -31,7 +36,7 @@ def block_layout(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[dict[st
     if not entries:
         return None, None
     try:
-        block = next(shards.iter_blocks(shard_file(out_dir, entries[0]["path"])), None)
+        block = next(shards.iter_blocks(_shard_path(out_dir, entries[0])), None)
     except (PokeRLError, OSError) as exc:
         return None, f"the first block of {entries[0]['path']} cannot be read: {exc}"
     if block is None:
@@ -48,14 +53,36 @@ def block_layout(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[dict[st
     }, None
 
 
+def _shard_path(out_dir: str | Path, entry: dict[str, Any]) -> Path:
+    """A listed shard as a local file: inside the folder, or a URL's cached copy (downloaded and
+    verified first if absent)."""
+    if not is_url(out_dir):
+        return shard_file(out_dir, entry["path"])
+    location = shard_location(out_dir, entry["path"])
+    return fetch_shard(location, entry["sha256"], entry["bytes"], cache_root())
+
+
+def _verify_remote(manifest: dict[str, Any], prefix: str) -> list[str]:
+    """``verify_shards`` of a URL prefix: every listed shard downloaded into (or found in) the
+    shard cache, with its size and sha256 checked."""
+    problems = []
+    for split in SPLITS:
+        for entry in shard_entries(manifest, split):
+            try:
+                _shard_path(prefix, entry)
+            except ShardError as exc:
+                problems.append(f"{entry['path']}: {exc}")
+    return problems
+
+
 def shards_report(out_dir: str | Path, fingerprint: str | None = None) -> dict[str, Any]:
     """A prep output as plain JSON-able data: the manifest's summary, the verification of every
     listed shard (``ok``, ``problems``) and, given the installed ``fingerprint``, freshness."""
-    manifest = load_manifest(out_dir)
+    manifest = read_manifest(out_dir)
     pre = manifest["preprocessor"]
     mismatched = count_problems(manifest)
     problems = [f"counts do not add up: {'; '.join(mismatched)}"] if mismatched else []
-    bad_shards = verify_shards(manifest, out_dir)
+    bad_shards = _verify_remote(manifest, str(out_dir)) if is_url(out_dir) else verify_shards(manifest, out_dir)
     problems += [f"bad shard {problem}" for problem in bad_shards]
     splits = {split: {"shards": len(shard_entries(manifest, split)),
                       "transitions": manifest["splits"][split]["transitions"],

@@ -82,6 +82,12 @@ def prehash(path: str | Path, expected: str) -> bool:
     return True
 
 
+def mark_verified(path: str | Path, expected: str) -> None:
+    """Record a local file whose sha256 its writer has just checked to be ``expected`` (the shard
+    cache hashes a download as it arrives), so ``iter_blocks`` does not hash it again."""
+    _VERIFIED.add(_file_key(os.stat(path), expected))
+
+
 def verify_digest(data: bytes | memoryview | mmap.mmap, expected: str, label: str) -> None:
     """Raise ``ShardError`` naming the shard if the bytes' sha256 is not ``expected``."""
     actual = sha256_of(data)

@@ -102,6 +102,13 @@ def write_synthetic_shards(
     return out
 
 
+@pytest.fixture(autouse=True)
+def _shard_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test its own empty shard cache (``$POKE_RL_CACHE``; URL sources are read through
+    it), never the user's ``~/.cache/poke-rl``; CLI subprocesses inherit it."""
+    monkeypatch.setenv("POKE_RL_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 train shards x 2 blocks x 256 transitions, 1 val shard; read-only for tests."""
@@ -132,6 +139,26 @@ def showdown_missing() -> str | None:
     except PokeRLError as exc:
         return str(exc)
     return None
+
+
+def sigkill_after_first_save(command: list[str], run_dir: Path, env: dict[str, str]) -> int:
+    """Run ``poke-rl train`` (``command``, writing ``run_dir``), SIGKILL it as soon as its
+    ``last.pt`` exists, and return that checkpoint's step."""
+    import signal
+    import subprocess
+    import time
+
+    from poke_rl.checkpoint import load_checkpoint
+
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return load_checkpoint(last)["step"]
 
 
 def assert_checkpoints_equal(a: dict, b: dict) -> None:

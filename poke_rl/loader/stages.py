@@ -10,13 +10,15 @@ index array into a block's transitions, and a batch is a list of (block, rows) p
 Untrusted shards (DESIGN.md "Loader"): ``read_blocks`` refuses a local shard that resolves outside
 its folder (``manifest.shard_file``, checked before any stat or open), checks each shard's size
 against the manifest, and its sha256 before its first block is used: once per process for a local
-file, hashed ahead of the reader by one thread per stream (``_HashAhead``); a remote shard is read
-whole (``locations``, through fsspec) and checked on every read. Every block's floats must be
-finite (``shards.iter_blocks``).
+file, hashed ahead of the reader by one thread per stream (``_HashAhead``). A remote shard (a URL,
+through fsspec: ``locations``) is downloaded by that thread into the local shard cache (``cache``:
+``sha256/<hex>``, checked while it arrives) and then read as a local file; a later epoch, worker
+or resumed run reads the cached copy. Every block's floats must be finite (``shards.iter_blocks``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import warnings
@@ -29,6 +31,7 @@ import numpy as np
 
 from poke_rl import manifest as manifest_mod
 from poke_rl import shards as shards_mod
+from poke_rl.cache import fetch_shard
 from poke_rl.errors import PokeRLError
 from poke_rl.locations import is_url, read_location
 from poke_rl.shards import Block, ShardError, iter_blocks
@@ -37,7 +40,8 @@ from poke_rl.shards import Block, ShardError, iter_blocks
 class ShardRef(NamedTuple):
     """One shard as the loader reads it: ``location`` names it in messages (the local path or the
     URL); ``root`` is the local folder named on the command line (None for a URL) and
-    ``relative`` the manifest's path inside it."""
+    ``relative`` the manifest's path inside it; ``cache`` the shard cache folder a URL with a
+    ``sha256`` is downloaded into (``cache.fetch_shard``)."""
 
     location: str
     transitions: int
@@ -45,6 +49,7 @@ class ShardRef(NamedTuple):
     sha256: str | None = None
     root: str | None = None
     relative: str = ""
+    cache: str | None = None
 
 
 @dataclass
@@ -102,7 +107,10 @@ def _read_refs(
                 source = str(manifest_mod.shard_file(ref.root, ref.relative))
             if ahead is not None:
                 ahead.reached(position)  # a match is then in the shards module's record
-            if is_url(location) and ref.root is None:
+            if _cached(ref):
+                source = str(fetch_shard(location, ref.sha256, ref.bytes, ref.cache, verify=verify))
+                _check_size(source, expected_bytes, f"{location} (cached as {source})")
+            elif is_url(location) and ref.root is None:
                 limit = (expected_bytes + 1) if expected_bytes is not None else -1
                 try:
                     source = read_location(location, limit)
@@ -167,6 +175,10 @@ class _HashAhead:
 
     @staticmethod
     def _hash(ref: ShardRef) -> None:
+        if _cached(ref):  # download it ahead (verified as it arrives); a failure is the read's
+            with contextlib.suppress(PokeRLError, OSError):
+                fetch_shard(ref.location, ref.sha256, ref.bytes, ref.cache)
+            return
         if ref.root is None or ref.sha256 is None:
             return
         try:
@@ -188,6 +200,11 @@ class _HashAhead:
         with self.changed:
             self.stopped = True
             self.changed.notify_all()
+
+
+def _cached(ref: ShardRef) -> bool:
+    """A URL shard read through the shard cache (it has a cache folder, a digest and a size)."""
+    return ref.cache is not None and ref.sha256 is not None and ref.bytes is not None
 
 
 def _check_size(path: str, expected_bytes: int, location: str) -> None:

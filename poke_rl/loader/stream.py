@@ -7,7 +7,9 @@ that epoch). Each worker recomputes its share of the skipped batches from the pl
 stream without gathering rows (the index arithmetic and RNG draws are replayed, the copies are
 not), so the next batch is bitwise the one an uninterrupted run would have delivered. The cost is
 re-reading, from the start of the epoch, the bytes of the shards each worker had opened: at most
-the share of the epoch already consumed, at disk or network speed (no decoding, no gathering).
+the share of the epoch already consumed, at disk speed (no decoding, no gathering): shards of a
+URL source are read through the local shard cache (``cache``), so a resumed run reads the shards
+it had opened from the cache and downloads only those not cached yet.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from poke_rl import manifest as manifest_mod
 from poke_rl.batch import Batch
+from poke_rl.cache import cache_root
 from poke_rl.errors import PokeRLError
 from poke_rl.loader.packing import PackedBatch, PackedGroup, gather_group
 from poke_rl.loader.plan import EpochPlan, epoch_plan, interleave_counts, interleave_order
@@ -61,6 +64,7 @@ class LoaderConfig:
     batches_per_transfer: int = 8  # batches a worker hands over at once (one tensor)
     skip_corrupt: bool = False  # warn and skip a bad shard instead of raising ShardError
     verify: bool = True  # check each shard's sha256 against the manifest on its first read
+    cache_dir: str | None = None  # shard cache of a URL source (None: cache.cache_root())
     rank: int | None = None
     world_size: int | None = None
 
@@ -336,13 +340,14 @@ def _build(
     if not entries:
         raise PokeRLError(f"{source} has no {split} shards; run `{manifest_mod.prep_command(manifest, source)}`")
     local = not is_url(source)
+    cache = None if local else str(cache_root(config.cache_dir))
     locations = []
     for entry in entries:  # validated: plain relative paths, counts, digests
         if local:  # fail now, before anything is read, if a shard resolves outside the folder
             manifest_mod.shard_file(source, entry["path"])
         locations.append(ShardRef(
             shard_location(source, entry["path"]), entry["transitions"], entry["bytes"],
-            entry["sha256"], str(source) if local else None, entry["path"],
+            entry["sha256"], str(source) if local else None, entry["path"], cache,
         ))  # fmt: skip
     world = World.detect(config.rank, config.world_size)
     hint = f" with `{manifest_mod.prep_command(manifest, source)} --force`"

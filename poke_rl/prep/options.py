@@ -24,6 +24,8 @@ class PrepOptions:
     chunk_bytes: int = CHUNK_BYTES
     threads: int | None = None  # per worker; None: cores // workers (1 = strictly serial)
     where: str | None = None  # prep --where EXPR (``poke_rl.where``): trajectories in the shards
+    ray: str | None = None  # prep --ray ADDRESS: run the tasks on that Ray cluster (``ray_runner``)
+    ray_tasks: int | None = None  # with ``ray``: tasks running at once (None: the cluster's CPUs)
 
     @property
     def threads_per_worker(self) -> int:
@@ -34,8 +36,9 @@ class PrepOptions:
 
 @dataclass
 class PrepResult:
-    """What a prep run did: ``action`` is "up_to_date", "tensors" (rebuilt from Parquet) or
-    "full"; ``manifest`` is the manifest now in OUT."""
+    """What a prep run did: ``action`` is "up_to_date", "tensors" (rebuilt from Parquet),
+    "incremental" (new or changed inputs parsed, ``kept_inputs`` kept) or "full"; ``manifest``
+    is the manifest now in OUT; ``json_bytes`` and ``rejected_by_code`` are of the inputs read."""
 
     action: str
     manifest: dict[str, Any]
@@ -43,3 +46,4 @@ class PrepResult:
     json_bytes: int = 0
     reference_lines: int = 0
     rejected_by_code: dict[str, int] = field(default_factory=dict)
+    kept_inputs: int = 0

@@ -50,12 +50,17 @@ def print_summary(out: Path, result: PrepResult, options: PrepOptions) -> None:
         rows.append(("action", "tensor shards rebuilt from the Parquet "
                      "(preprocessor, layout, split or --where changed)"))
     else:
+        if result.action == "incremental":
+            read = len(manifest["inputs"]) - result.kept_inputs
+            rows.append(("action", f"{read} new or changed input(s) read; the outputs of "
+                                   f"{result.kept_inputs} unchanged input(s) kept as they are"))  # fmt: skip
         accepted = counts["trajectories"] - counts["rejected"]
         codes = ", ".join(f"{code} {n:,}" for code, n in sorted(result.rejected_by_code.items()))
         rows += [
             ("inputs", f"{len(manifest['inputs'])} file(s), {_mb(result.json_bytes)} of JSONL"),
             ("trajectories", f"{counts['trajectories']:,} ({accepted:,} accepted)"),
-            ("rejected", f"{counts['rejected']:,}" + (f" ({codes})" if codes else "")),
+            ("rejected", f"{counts['rejected']:,}" + (f" ({'of the inputs read: ' * bool(result.kept_inputs)}"
+                                                      f"{codes})" if codes else "")),
             ("checked by the reference validator",
              f"{result.reference_lines:,} line(s) the columnar path could not vouch for"),
             ("terminal / truncated", f"{counts['terminal']:,} / {counts['truncated']:,}"),

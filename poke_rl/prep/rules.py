@@ -51,13 +51,19 @@ def manifest_state(out: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, str(exc).split("; rebuild")[0]
 
 
-def same_sizes(files: list[InputFile], old: dict[str, Any]) -> bool:
-    listed = [(e.get("path"), e.get("bytes")) for e in old.get("inputs", [])]
-    return listed == [(str(f.path), f.bytes) for f in files]
-
-
-def same_inputs(files: list[InputFile], hashes: list[str], old: dict[str, Any]) -> bool:
-    return [e.get("sha256") for e in old.get("inputs", [])] == hashes
+def unchanged_hashes(out: Path, files: list[InputFile], old: dict[str, Any]) -> list[str | None]:
+    """Per input: its sha256 where OUT records it with the same size and sha256 (a missing
+    input: the recorded one), else None (new, or changed in place)."""
+    recorded = {e.get("path"): e for e in old.get("inputs", [])}
+    hashes: list[str | None] = []
+    for source in files:
+        entry = recorded.get(str(source.path)) or {}
+        if entry.get("bytes") != source.bytes or not isinstance(entry.get("sha256"), str):
+            hashes.append(None)
+            continue
+        sha = entry["sha256"] if source.missing else cached_sha256(out, source)
+        hashes.append(sha if sha == entry["sha256"] else None)
+    return hashes
 
 
 def settings_match(old: dict[str, Any], preprocessor: Preprocessor, options: PrepOptions) -> bool:
@@ -194,8 +200,8 @@ def refuse_foreign(out: Path) -> None:
 
 
 def refuse_dropped_inputs(out: Path, files: list[InputFile], old: dict[str, Any]) -> None:
-    """Until incremental prep lands, a prep without some of OUT's recorded inputs would rebuild
-    OUT without their trajectories: name them and refuse unless ``--force``."""
+    """A prep without some of OUT's recorded inputs would drop their trajectories: name them and
+    refuse unless ``--force`` (a rebuild from exactly the given inputs: how an input is removed)."""
     recorded = [e.get("path") for e in old.get("inputs", []) if isinstance(e, dict)]
     given = {str(f.path) for f in files}
     missing = [p for p in recorded if p not in given]
@@ -236,7 +242,17 @@ def cached_sha256(out: Path, source: InputFile) -> str:
     return cached if isinstance(cached, str) else file_sha256(source.path)
 
 
-def remember_hashes(out: Path, files: list[InputFile], hashes: list[str]) -> None:
-    write_json_atomic(out / HASH_CACHE, {_stat_key(f): h for f, h in zip(files, hashes, strict=True)})
+def remember_hashes(out: Path, files: list[InputFile], hashes: list[str], keep: set[str] = frozenset()) -> None:
+    """Remember ``files``' hashes, and those already remembered of the inputs in ``keep``
+    (the unchanged inputs an incremental prep kept): the cache holds OUT's inputs only."""
+    try:
+        cache = orjson.loads((out / HASH_CACHE).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        cache = {}
+    kept = {
+        key: value for key, value in (cache.items() if isinstance(cache, dict) else ())
+        if isinstance(value, str) and key.rsplit("|", 3)[0] in keep
+    }  # fmt: skip
+    write_json_atomic(out / HASH_CACHE, kept | {_stat_key(f): h for f, h in zip(files, hashes, strict=True)})
 
 

@@ -22,7 +22,7 @@ from poke_rl.algos.schedule import WarmupCosine, attach_schedules
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
 from poke_rl.loader import DeviceLoader, LoaderConfig, train_loader
-from poke_rl.manifest import load_manifest, write_json_atomic
+from poke_rl.manifest import read_manifest, write_json_atomic
 from poke_rl.policy import require_same_features
 from poke_rl.train.checkpointing import Checkpointer, RunState, init_from_bc, load_last
 from poke_rl.train.config import (
@@ -136,7 +136,7 @@ def _setup_data(
     """The shards as this rank's train batches (shuffled, split by rank) and rank 0's val
     batches (None without val shards). The manifest is read once; the train loader refuses
     shards of another preprocessor before anything else is built."""
-    manifest = load_manifest(config.shards)
+    manifest = read_manifest(config.shards)
     preprocessor = Preprocessor()
     loader_config = LoaderConfig(
         batch_size=config.batch_size, seed=config.seed, num_workers=config.workers,

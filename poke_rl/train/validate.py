@@ -24,7 +24,7 @@ from poke_rl.console import print_table
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
 from poke_rl.loader import DeviceLoader, LoaderConfig, val_loader
-from poke_rl.manifest import load_manifest
+from poke_rl.manifest import read_manifest
 from poke_rl.policy import load_algorithm
 from poke_rl.train.config import TrainConfig
 from poke_rl.world import World, resolve_device
@@ -108,7 +108,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint, check it fits the shards and the installed preprocessor, and run one
     validation pass over the val split. Raises PokeRLError on unusable inputs."""
-    manifest = load_manifest(shards)
+    manifest = read_manifest(shards)
     preprocessor = Preprocessor()
     resolved = resolve_device(device, World())
     if not manifest["splits"]["val"]["shards"]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import io
+import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +21,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from poke_rl import dex, features, schema
+from poke_rl import dex, features, matchup_features, schema
 from poke_rl.batch import FIELDS, FeatureSpec
 from poke_rl.features import FeatureConfig, Preprocessor, columns_from_arrow
 
 REPO = Path(__file__).resolve().parents[2]
-NUM = 70 + dex.WIDTH  # the table's 70 columns plus the dex features
+V2_NUM = 1 + 12 + 30 + 24 + 62 + 15 + 3  # version, levels, stats, pp, volatile bits, turns, request
+NUM = 70 + dex.WIDTH + V2_NUM + matchup_features.WIDTH  # v1's 70 columns, dex, v2, matchup
+V1_IDS, V2_IDS = 29, 6 + 6 + 6 + 24 + 24 + 6 + 6 + 6 + 6
+IDS = V1_IDS + V2_IDS
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +97,22 @@ def bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 def test_every_observation_field_is_used(pre: Preprocessor) -> None:
     used = {name for feature in pre.table for name in feature.sources}
-    assert used == {spec.name for spec in schema.V1_FIELDS}
+    assert used == {spec.name for spec in schema.OBSERVATION_FIELDS}
+    v1 = Preprocessor(FeatureConfig(v2_features=False, matchup_features=False))
+    assert {name for feature in v1.table for name in feature.sources} == {
+        spec.name for spec in schema.V1_FIELDS}
 
 
 def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
-    assert (pre.num_ids, pre.num_dim) == (29, NUM)
+    assert (pre.num_ids, pre.num_dim) == (IDS, NUM)
     assert len(pre.id_vocabs) == pre.num_ids == len(pre.id_names())
     assert len(pre.num_names()) == pre.num_dim
-    assert pre.id_vocabs.count("species") == 14 and pre.id_vocabs.count("status") == 8
+    assert pre.id_vocabs.count("species") == 14 and pre.id_vocabs.count("status") == 14
+    assert pre.id_vocabs.count("move") == 52 and pre.id_vocabs.count("tera_type") == 12
     assert pre.vocab_sizes == {
+        "ability": 320,
+        "item": 512,
+        "tera_type": 32,
         "move": 1024,
         "species": 1536,
         "status": 7,
@@ -109,7 +122,7 @@ def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
     }
     layout = pre.layout()
     assert tuple(layout) == FIELDS
-    assert layout["ids"] == layout["next_ids"] == {"shape": [29], "dtype": "int16"}
+    assert layout["ids"] == layout["next_ids"] == {"shape": [IDS], "dtype": "int16"}
     assert layout["num"] == layout["next_num"] == {"shape": [NUM], "dtype": "float32"}
     assert layout["action"] == {"shape": [], "dtype": "int64"}
     assert layout["reward"] == {"shape": [], "dtype": "float32"}
@@ -117,11 +130,11 @@ def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
     assert layout["mask"] == layout["next_mask"] == {"shape": [10], "dtype": "bool"}
     spec = pre.feature_spec()
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
-    assert spec.num_ids == 29 and spec.num_dim == NUM and spec.vocab_size("move") == 1024
+    assert spec.num_ids == IDS and spec.num_dim == NUM and spec.vocab_size("move") == 1024
     entry = pre.manifest_entry()
     assert entry == {
         "name": pre.name,
-        "version": 2,
+        "version": 3,
         "fingerprint": pre.fingerprint,
         "features": layout,
     }
@@ -135,9 +148,13 @@ def test_layout_spec_and_manifest_entry(pre: Preprocessor) -> None:
 
 def test_config_changes_the_table() -> None:
     plain = Preprocessor(FeatureConfig(status_onehot=False, active_slot_onehot=False))
-    assert (plain.num_ids, plain.num_dim) == (30, NUM - 12 - 5)
-    no_dex = Preprocessor(FeatureConfig(dex_features=False))
-    assert (no_dex.num_ids, no_dex.num_dim) == (29, 70)
+    assert (plain.num_ids, plain.num_dim) == (IDS + 1, NUM - 12 - 5)
+    no_dex = Preprocessor(FeatureConfig(dex_features=False, v2_features=False,
+                                        matchup_features=False))
+    assert (no_dex.num_ids, no_dex.num_dim) == (V1_IDS, 70)
+    no_matchup = Preprocessor(FeatureConfig(matchup_features=False))
+    assert no_matchup.num_dim == NUM - matchup_features.WIDTH
+    assert not any(name.startswith("matchup.") for name in no_matchup.num_names())
     assert not any(name.startswith("dex.") for name in no_dex.num_names())
     assert plain.vocab_sizes["slot"] == 6
     with pytest.raises(ValueError):
@@ -206,7 +223,7 @@ def test_columnar_equals_per_dict_on_random_observations(
 ) -> None:
     table = arrow_table(observations)
     ids, num = pre.transform_columns(columns_from_arrow(table, "obs_"))
-    assert ids.shape == (len(observations), 29) and ids.dtype == np.int16
+    assert ids.shape == (len(observations), IDS) and ids.dtype == np.int16
     assert num.shape == (len(observations), NUM) and num.dtype == np.float32
     per_dict = [pre.transform_observation(obs) for obs in observations]
     assert bitwise_equal(ids, np.stack([i for i, _ in per_dict]))
@@ -226,8 +243,8 @@ def test_block_size_does_not_change_the_output(
     expected, got = pre.transform_columns(columns), small.transform_columns(columns)
     assert bitwise_equal(expected[0], got[0]) and bitwise_equal(expected[1], got[1])
     ids, num = pre.transform_columns({k: v[:0] for k, v in columns.items()})
-    assert ids.shape == (0, 29) and num.shape == (0, NUM)
-    out = (np.full((500, 29), -1, np.int16), np.full((500, NUM), np.nan, np.float32))
+    assert ids.shape == (0, IDS) and num.shape == (0, NUM)
+    out = (np.full((500, IDS), -1, np.int16), np.full((500, NUM), np.nan, np.float32))
     returned = pre.transform_columns(columns, out=out)
     assert returned[0] is out[0] and returned[1] is out[1]
     assert bitwise_equal(out[0], expected[0]) and bitwise_equal(out[1], expected[1])
@@ -368,7 +385,7 @@ def test_fingerprint_is_stable_across_instances_cwd_time_and_processes(
 
 def test_fingerprint_changes_with_version_and_config(pre: Preprocessor) -> None:
     class Bumped(Preprocessor):
-        version = 3
+        version = 4
 
     assert Bumped().fingerprint != pre.fingerprint
     defaults = FeatureConfig()
@@ -378,6 +395,8 @@ def test_fingerprint_changes_with_version_and_config(pre: Preprocessor) -> None:
         "status_onehot": False,
         "active_slot_onehot": False,
         "dex_features": False,
+        "v2_features": False,
+        "matchup_features": False,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(FeatureConfig)}
     seen = {pre.fingerprint}
@@ -398,7 +417,9 @@ def test_fingerprint_changes_with_layout(pre: Preprocessor, monkeypatch) -> None
 def source_copies(tmp_path: Path, monkeypatch) -> dict[str, Path]:
     """Copies of the fingerprinted sources, which the fingerprint then reads instead."""
     originals = features._source_paths()
-    assert {p.name for p in originals} == {"features.py", "schema.py", "dex.py", "dex.json"}
+    assert {p.name for p in originals} == {
+        "features.py", "schema.py", "dex.py", "dex.json", "feature_columns.py", "matchup.py",
+        "matchup_features.py", "randbats_gen9.json"}
     copies = {}
     for path in originals:
         copies[path.name] = tmp_path / path.name
@@ -429,7 +450,8 @@ def test_comments_formatting_and_docstrings_keep_the_fingerprint(
     copy.write_text(text)
 
 
-@pytest.mark.parametrize("name", ["features.py", "schema.py", "dex.py"])
+@pytest.mark.parametrize("name", ["features.py", "schema.py", "dex.py", "matchup_features.py",
+                                  "feature_columns.py"])
 def test_any_change_of_code_changes_the_fingerprint(
     pre: Preprocessor, source_copies, name: str
 ) -> None:
@@ -440,11 +462,17 @@ def test_any_change_of_code_changes_the_fingerprint(
     functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
     first = ast.get_source_segment(text, functions[0])
     moved = text.replace(first, "", 1) + "\n\n" + first + "\n"
-    numbers = [m for m in re.finditer(r"(?<![\w.])([1-9][0-9]*)(?![\w.])", text)]
-    number = numbers[len(numbers) // 2]
+    lines = text.splitlines(keepends=True)
+    starts = [0, *itertools.accumulate(len(line) for line in lines)]
+    numbers = [  # integer literals of the code (not of docstrings or comments)
+        (starts[tok.start[0] - 1] + tok.start[1], tok.string)
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.type == tokenize.NUMBER and re.fullmatch(r"[1-9][0-9]*", tok.string)
+    ]
+    start, literal = numbers[len(numbers) // 2]
     edits = {
         "function moved": moved,
-        "a constant changed": text[: number.start()] + str(int(number.group()) + 1) + text[number.end():],
+        "a constant changed": text[:start] + str(int(literal) + 1) + text[start + len(literal):],
         "a statement added": text + "\nEXTRA = 1\n",
     }
     for label, edited in edits.items():
@@ -454,8 +482,9 @@ def test_any_change_of_code_changes_the_fingerprint(
     assert Preprocessor().fingerprint == pre.fingerprint
 
 
-def test_every_byte_of_the_dex_data_counts(pre: Preprocessor, source_copies) -> None:
-    copy = source_copies["dex.json"]
+@pytest.mark.parametrize("name", ["dex.json", "randbats_gen9.json"])
+def test_every_byte_of_the_dex_data_counts(pre: Preprocessor, source_copies, name: str) -> None:
+    copy = source_copies[name]
     data = copy.read_bytes()
     for position in (0, len(data) // 2, len(data) - 1):
         edited = bytearray(data)

@@ -48,11 +48,15 @@ def test_every_column_of_a_real_corpus_round_trips_within_its_declared_tolerance
 def test_the_declarations_decide_the_layout_and_the_fingerprint() -> None:
     pre = Preprocessor()
     layout = pre.state_layout()
-    assert (len(layout.full), len(layout.half), len(layout.flags)) == (0, 94, 101)
-    assert layout.states_dtype().itemsize == 360 and layout.num_dim == pre.num_dim
+    assert (len(layout.full), len(layout.half), len(layout.flags)) == (0, 196, 166)
+    assert layout.states_dtype().itemsize == 808 and layout.num_dim == pre.num_dim
     names = pre.num_names()
     assert {names[c] for c in layout.flags} >= {"team_fainted[0]", "own_stealth_rock", "dex.own_type=fire",
-                                                "dex.move[2].stab", "active_status=brn"}  # fmt: skip
+                                                "dex.move[2].stab", "active_status=brn", "active_volatiles.bit0",
+                                                "opp_active_volatiles.bit30", "can_tera"}  # fmt: skip
+    half = dict(zip([names[c] for c in layout.half], layout.half_tolerance, strict=True))
+    assert half["matchup.threat[3]"] == 2.0**-10 and half["matchup.first"] == 0.0
+    assert half["opp_tailwind"] == 0.0 and half["team_stats[29]"] == 2.0**-8
     assert dict(zip([names[c] for c in layout.half], layout.half_tolerance, strict=True))["turn"] == 2.0**-9
     assert pre.fingerprint != Preprocessor(FeatureConfig(turn_scale=50.0)).fingerprint
     assert pre.manifest_entry()["features"]["num"] == {"shape": [pre.num_dim], "dtype": "float32"}

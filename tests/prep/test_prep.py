@@ -235,10 +235,14 @@ def test_manifest_counts_and_rejects(built):
     parts = sorted((out / "transitions").glob("*.parquet"))  # every part is recorded: prep owns it
     assert manifest["parts"] == [
         {"path": f"transitions/{p.name}", "transitions": pq.ParquetFile(p).metadata.num_rows,
-         "bytes": p.stat().st_size} for p in parts]  # fmt: skip
+         "bytes": p.stat().st_size, "input": 0} for p in parts]  # fmt: skip
+    assert all(e["input"] == 0 for s in ("train", "val") for e in manifest["splits"][s]["shards"])
     assert manifest["preprocessor"] == Preprocessor().manifest_entry()
+    own = {k: manifest["counts"][k] for k in ("trajectories", "rejected", "terminal", "truncated",
+                                              "masks_repaired", "ids_out_of_range", "transitions")}
     assert manifest["inputs"] == [{"path": str(path.resolve()), "bytes": path.stat().st_size,
-                                   "sha256": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}]  # fmt: skip
+                                   "sha256": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
+                                   "counts": {**own, "dropped_trajectories": 0, "dropped_transitions": 0}}]  # fmt: skip
     expected_rejects, accepted = reference_decisions([line for _, line in lines])
     counts = manifest["counts"]
     assert counts["trajectories"] == len(lines)
@@ -352,6 +356,21 @@ def test_duplicates_across_files_and_chunks(tmp_path):
         (b, 1, "duplicate"), (b, 10, "duplicate"), (b, 11, "duplicate")]  # fmt: skip
     assert result.manifest["counts"]["trajectories"] == 23
     assert str(first.resolve()) == result.manifest["inputs"][0]["path"]
+
+
+def test_a_chunk_left_empty_by_its_rerun_leaves_no_shard_behind(tmp_path):
+    # b.jsonl's one chunk holds only a.jsonl's first trajectory: its first run writes a shard, the
+    # re-run rejecting the duplicate writes none; that first shard must not stay in OUT
+    lines = [line for _, line in corpus_lines(2, seed=4)]
+    write_lines(tmp_path / "in" / "a.jsonl", lines)
+    write_lines(tmp_path / "in" / "b.jsonl", lines[:1])
+    out = tmp_path / "out"
+    result = run_prep([str(tmp_path / "in")], out, PrepOptions(**{**OPTS.__dict__, "chunk_bytes": 1}))
+    assert result.rejected_by_code == {"duplicate": 1}
+    listed = {e["path"] for split in result.manifest["splits"].values() for e in split["shards"]}
+    assert {f"tensors/{p.name}" for p in (out / "tensors").iterdir()} == listed
+    rebuilt = run_prep([str(tmp_path / "in")], out, PrepOptions(**{**OPTS.__dict__, "chunk_bytes": 1, "block_size": 64}))
+    assert rebuilt.action == "tensors"
 
 
 def test_rebuild_rules(built, tmp_path, monkeypatch):

@@ -4,17 +4,12 @@ metrics, stale-shard refusal, BC initialisation, NaN stop, bitwise resume after 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
 import pytest
 import torch
-from conftest import assert_checkpoints_equal
 from typer.testing import CliRunner
 
 from poke_rl.checkpoint import load_checkpoint, save_checkpoint
@@ -23,7 +18,6 @@ from poke_rl.errors import PokeRLError
 from poke_rl.train import resolve_config, setup, train
 
 REPO = Path(__file__).resolve().parents[2]
-POKE_RL = REPO / ".venv" / "bin" / "poke-rl"
 TINY = {"embed_dim": 4, "hidden_sizes": (16,)}
 FAST = {
     "batch_size": 64, "warmup_steps": 5, "log_every": 5, "eval_every": 10, "save_every": 10,
@@ -276,55 +270,6 @@ def test_q_beyond_return_range_warns(synthetic_shards: Path, tmp_path: Path) -> 
     with pytest.warns(RuntimeWarning, match="exceed the possible return range"):
         run_train(synthetic_shards, tmp_path / "run", algo="cql", steps=5, q_bound=1e-9,
                   eval_every=0, save_every=0)
-
-
-# -- bitwise resume after SIGKILL ---------------------------------------------------------------
-
-
-def _train_cmd(shards: Path, run_dir: Path, toml: Path) -> list[str]:
-    return [str(POKE_RL), "train", str(shards), "--config", str(toml), "--run-dir", str(run_dir),
-            "--device", "cpu", "--no-progress"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_is_bitwise_identical(synthetic_shards: Path, tmp_path: Path) -> None:
-    # 16 batches per epoch: 200 steps cross 12 epoch boundaries; save every 7 (not aligned).
-    toml = tiny_toml(tmp_path / "c.toml", algo="iql", steps=200, seed=3, **{
-        "batch-size": 64, "warmup-steps": 20, "log-every": 10, "eval-every": 50,
-        "save-every": 7, "snapshot-every": 0, "eval-batches": 2})
-    straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(synthetic_shards, straight, toml), check=True, env=_env(),
-                   capture_output=True, timeout=120)
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_cmd(synthetic_shards, killed, toml), env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = killed / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 120
-    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL
-    killed_at = load_checkpoint(last)["step"]
-    assert 0 < killed_at < 200  # really killed midway
-
-    resumed = subprocess.run(_train_cmd(synthetic_shards, killed, toml) + ["--resume"],
-                             env=_env(), capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr
-    a = load_checkpoint(straight / "checkpoints" / "last.pt")
-    b = load_checkpoint(killed / "checkpoints" / "last.pt")
-    assert a["step"] == 200
-    assert_checkpoints_equal(a, b)
-    # the resumed run's metrics.jsonl has each step once, as the straight one
-    steps = [orjson.loads(x)["step"] for x in (killed / "metrics.jsonl").read_bytes().splitlines()]
-    straight_steps = [orjson.loads(x)["step"]
-                      for x in (straight / "metrics.jsonl").read_bytes().splitlines()]
-    assert steps == straight_steps
 
 
 def test_cli_help_lists_design_options() -> None:

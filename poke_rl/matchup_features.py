@@ -1,0 +1,344 @@
+"""Matchup features (features v3): ``poke_rl.matchup``'s estimates, vectorized over rows.
+
+For each observation, from the dex and what the player knows (schema v2 fields; v1 rows read
+their v2 fields as unknown):
+
+- ``threat_active`` and ``threat[i]``: the best expected damage fraction the opponent's active
+  deals to our active and to our team slot ``i`` with its revealed moves (``opp_team_moves`` of
+  its ``opp_team_revealed`` slot) and, while fewer than four are revealed, the expectation over
+  its gen 9 random-battle sets (``matchup.best_damage(..., prior=True)``);
+- ``attack_active`` and ``attack[i]``: our best expected damage fraction against the opponent's
+  active, with our known moves (``active_moves``; ``team_moves`` of slot ``i``);
+- ``first``: the probability we move first with both at priority 0 (boosts, paralysis, Tailwind,
+  Trick Room; 0.5 on a speed tie), ``move_first[j]``: the same with active move ``j``'s priority
+  against the opponent's 0, ``speed_share``: our effective speed / (ours + theirs).
+
+Damage fractions are clipped to ``DAMAGE_CLIP``. Every value is 0 when a species it reads is
+unknown (so the all-zero terminal observation still featurises to zeros).
+
+The numbers follow ``poke_rl.matchup`` operation for operation in float64 (the floors of the
+damage formula, the order of products and sums), then round once to float32, so they equal the
+scalar functions' results rounded to float32 (``tests/features/test_matchup_features.py``). As
+with ``dex.encode``, ``encode`` is the one implementation of both feature paths (the
+per-observation path calls it on a one-row block), which keeps them bitwise equal.
+
+What a Side carries here: a level (``team_level`` / ``opp_team_level`` when known, else the
+species' random-battle level, else 100), actual stats for our own team when ``team_stats`` holds
+them (else estimated as random battles build them), boosts (actives only), status (burn halves
+physical damage, paralysis halves speed) and, for the opponent, its tera type once terastallized
+(tera ids beyond the 18 chart types, i.e. Stellar, keep the species' types). Our own tera state is
+not in the observation, so our types are always the species'.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dex import DexTables, default_tables
+from .matchup import PARALYSIS_SPEED, RANDOM_ROLL, STAB, randbats_levels, randbats_sets
+from .schema import NUM_MOVES, STATS_PER_SLOT, TEAM_SIZE
+
+SOURCES = (
+    "active_species_id", "opp_active_species_id", "active_slot", "active_moves", "active_boosts",
+    "opp_active_boosts", "active_status", "opp_active_status", "team_species", "team_level",
+    "team_stats", "team_status", "team_moves", "opp_team_revealed", "opp_team_level",
+    "opp_team_moves", "opp_team_tera_type", "own_tailwind", "opp_tailwind", "trick_room",
+)  # fmt: skip
+DAMAGE_CLIP = 2.0  # a fraction beyond twice the HP says no more than "knocks out"
+DEFAULT_LEVEL = 100
+BURN, PARALYSIS = 1, 3
+PHYSICAL, SPECIAL = 1, 2
+ATK, DEF, SPA, SPD, SPE = range(5)  # boosts and known stats
+BASE = {"hp": 2, ATK: 3, DEF: 4, SPA: 5, SPD: 6, SPE: 7}  # dex species row
+CHART_TYPES = 18
+
+
+def feature_names() -> tuple[str, ...]:
+    names = ["threat_active"] + [f"threat[{i}]" for i in range(TEAM_SIZE)]
+    names += ["attack_active"] + [f"attack[{i}]" for i in range(TEAM_SIZE)]
+    names += ["first"] + [f"move_first[{j}]" for j in range(NUM_MOVES)] + ["speed_share"]
+    return tuple(names)
+
+
+WIDTH = len(feature_names())
+
+
+@dataclass(frozen=True)
+class MatchupTables:
+    """The dex and the random-battle sets as arrays: ``base`` [S, 6] int64 base stats (hp atk
+    def spa spd spe), ``types`` [S, 2], ``level`` [S] (random-battle level, else 100), move facts
+    [M] (``kind``, ``category``, ``power``, ``accuracy``, ``priority``, ``hits``; ``damaging``),
+    ``chart`` [19, 19] float64, ``defending`` [S + 19, 19] (row s < S: the multiplier species s
+    takes from each attacking type, the product over its types, which are powers of two, so
+    exactly ``matchup``'s sequential product; row S + t: a Pokemon terastallized into type t),
+    ``pools`` [S, K, P] movepools (0-padded), ``pool_valid`` [S, K]
+    and ``weights`` [P + 1, 5, P]: weight of the i-th best of ``n`` candidates when ``free`` are
+    drawn, ``comb(n-1-i, free-1) / comb(n, free)`` as ``matchup`` computes it."""
+
+    base: np.ndarray
+    types: np.ndarray
+    level: np.ndarray
+    kind: np.ndarray
+    category: np.ndarray
+    power: np.ndarray
+    accuracy: np.ndarray
+    priority: np.ndarray
+    hits: np.ndarray
+    damaging: np.ndarray
+    chart: np.ndarray
+    defending: np.ndarray
+    pools: np.ndarray
+    pool_valid: np.ndarray
+    weights: np.ndarray
+
+    @classmethod
+    def build(cls, dex: DexTables, sets: Mapping[int, tuple[tuple[int, ...], ...]],
+              levels: Mapping[int, int]) -> MatchupTables:
+        species = len(dex.species)
+        base = dex.species[:, 2:8].astype(np.int64)
+        types = dex.species[:, :2].astype(np.intp)
+        level = np.full(species, DEFAULT_LEVEL, dtype=np.int64)
+        for sid, lvl in levels.items():
+            if 0 < sid < species:
+                level[sid] = lvl
+        move = dex.move.astype(np.float64)
+        category = move[:, 1]
+        damaging = ((category == PHYSICAL) | (category == SPECIAL)) & (move[:, 2] > 0)
+        damaging[0] = False
+        k = max((len(v) for v in sets.values()), default=1)
+        p = max((len(pool) for v in sets.values() for pool in v), default=1)
+        pools = np.zeros((species, k, p), dtype=np.intp)
+        valid = np.zeros((species, k), dtype=bool)
+        for sid, pool_list in sets.items():
+            if not 0 < sid < species:
+                continue
+            for j, pool in enumerate(pool_list):
+                pools[sid, j, : len(pool)] = [m if 0 < m < len(move) else 0 for m in pool]
+                valid[sid, j] = True
+        weights = np.zeros((p + 1, NUM_MOVES + 1, p), dtype=np.float64)
+        for n in range(1, p + 1):
+            for free in range(1, NUM_MOVES + 1):
+                draw = min(free, n)
+                ways = math.comb(n, draw)
+                for i in range(n):
+                    weights[n, free, i] = math.comb(n - 1 - i, draw - 1) / ways
+        chart = dex.effectiveness.astype(np.float64)  # [attacking, defending]
+        defending = np.ones((species + len(chart), len(chart)), dtype=np.float64)
+        for k in range(2):
+            present = types[:, k] > 0
+            defending[:species][present] *= chart[:, types[present, k]].T
+        defending[species + 1 :] = chart[:, 1:].T
+        tables = cls(base, types, level, move[:, 0].astype(np.intp), category, move[:, 2],
+                     move[:, 3], move[:, 4], move[:, 5], damaging, chart,
+                     np.ascontiguousarray(defending), pools, valid, weights)
+        for array in vars(tables).values():
+            array.setflags(write=False)
+        return tables
+
+
+@functools.lru_cache(maxsize=1)
+def default_tables_v3() -> MatchupTables:
+    """The shipped tables (dex.json and randbats_gen9.json, read once; read-only)."""
+    return MatchupTables.build(default_tables(), randbats_sets(), randbats_levels())
+
+
+def _ids(values: np.ndarray, size: int) -> np.ndarray:
+    ids = values.astype(np.intp)
+    return np.where((ids > 0) & (ids < size), ids, 0)
+
+
+def _multiplier(stage: np.ndarray) -> np.ndarray:
+    s = np.clip(stage.astype(np.float64), -6, 6)
+    return np.where(s >= 0, (2 + s) / 2, 2 / (2 - np.minimum(s, 0)))
+
+
+def _estimated(base: np.ndarray, level: np.ndarray) -> np.ndarray:
+    return ((2 * base + 52) * level // 100 + 5).astype(np.float64)
+
+
+@dataclass
+class _Mon:
+    """Per-row (broadcastable) facts of Pokemon, as ``matchup.Side`` and ``stat`` give them."""
+
+    species: np.ndarray
+    level: np.ndarray
+    stats: np.ndarray  # [..., 5] float64: actual or estimated atk def spa spd spe, unboosted
+    boosts: np.ndarray  # [..., 5] float64 multipliers
+    status: np.ndarray
+    types: np.ndarray  # [..., 2] STAB types (tera: (tera, 0))
+    hp: np.ndarray
+    defending: np.ndarray  # row of ``MatchupTables.defending``
+
+
+def _mon(t: MatchupTables, species: np.ndarray, level: np.ndarray, stats: np.ndarray | None,
+         boosts: np.ndarray | None, status: np.ndarray, tera: np.ndarray | None) -> _Mon:
+    level = np.where(level > 0, level, np.take(t.level, species)).astype(np.int64)
+    base = np.take(t.base, species, axis=0)  # [..., 6]
+    estimated = _estimated(base[..., 1:], level[..., None])
+    if stats is not None:
+        estimated = np.where(stats > 0, stats.astype(np.float64), estimated)
+    multipliers = (_multiplier(boosts[..., :5]) if boosts is not None
+                   else np.ones(estimated.shape, dtype=np.float64))
+    types = np.take(t.types, species, axis=0)
+    defending = species
+    if tera is not None:
+        tera_types = np.stack([tera, np.zeros_like(tera)], axis=-1)
+        types = np.where((tera > 0)[..., None], tera_types, types)
+        defending = np.where(tera > 0, len(t.base) + tera, species)
+    hp = ((2 * base[..., 0] + 52) * level // 100 + level + 10).astype(np.float64)
+    return _Mon(species, level, estimated, multipliers, status, types, hp, defending)
+
+
+def _damage(t: MatchupTables, attacker: _Mon, defender: _Mon, move: np.ndarray) -> np.ndarray:
+    """``matchup.expected_damage`` of ``move`` (ids, [..., X]) with attacker and defender fields
+    broadcast against it (give them a trailing axis of 1)."""
+    category = np.take(t.category, move)
+    physical = category == PHYSICAL
+    a = np.where(physical, attacker.stats[..., ATK, None] * attacker.boosts[..., ATK, None],
+                 attacker.stats[..., SPA, None] * attacker.boosts[..., SPA, None])
+    d = np.where(physical, defender.stats[..., DEF, None] * defender.boosts[..., DEF, None],
+                 defender.stats[..., SPD, None] * defender.boosts[..., SPD, None])
+    power = np.take(t.power, move)
+    factor = np.floor(2 * attacker.level[..., None] / 5 + 2)
+    base = np.floor(np.floor(factor * power * a / d) / 50) + 2
+    kind = np.take(t.kind, move)
+    stab = ((kind == attacker.types[..., 0, None]) | (kind == attacker.types[..., 1, None])) & (
+        kind > 0)
+    modifier = np.where(stab, RANDOM_ROLL * STAB, RANDOM_ROLL)
+    columns = t.defending.shape[1]
+    modifier = modifier * np.take(t.defending, defender.defending[..., None] * columns + kind)
+    burned = physical & (attacker.status[..., None] == BURN)
+    modifier = np.where(burned, modifier * 0.5, modifier)
+    value = base * modifier * np.take(t.hits, move) * (np.take(t.accuracy, move) / 100)
+    value = value / defender.hp[..., None]
+    known = (attacker.species[..., None] > 0) & (defender.species[..., None] > 0)
+    return np.where(np.take(t.damaging, move) & known, value, 0.0)
+
+
+def _prior_best(t: MatchupTables, attacker: _Mon, defender: _Mon, moves: np.ndarray
+                ) -> np.ndarray:
+    """``matchup.best_damage(attacker, defender, prior=True)`` for n attackers with revealed
+    ``moves`` [n, 4] against defenders [n, D]: [n, D]."""
+    n = len(moves)
+    known = _damage(t, attacker, defender, moves[:, None, :]).max(axis=-1)  # [n, D]
+    nonzero = moves > 0
+    first = np.ones_like(nonzero)
+    for j in range(1, NUM_MOVES):
+        first[:, j] = ~(moves[:, :j] == moves[:, j, None]).any(axis=1)
+    free = NUM_MOVES - (nonzero & first).sum(axis=1)  # [n]
+    species = attacker.species.reshape(n)
+    pools = np.take(t.pools, species, axis=0)  # [n, K, P]
+    valid = np.take(t.pool_valid, species, axis=0)  # [n, K]
+    revealed = (pools[..., None] == moves[:, None, None, :]) & nonzero[:, None, None, :]
+    in_pool = revealed.any(axis=2) | ~nonzero[:, None, :]  # [n, K, 4]
+    consistent = valid & in_pool.all(axis=2)
+    consistent = np.where(consistent.any(axis=1, keepdims=True), consistent, valid)
+    others = (pools > 0) & ~revealed.any(axis=3)  # [n, K, P]
+    count = others.sum(axis=2)  # [n, K]
+    value = _damage(t, attacker, defender, pools[:, None, :, :].reshape(n, 1, -1))
+    value = np.where(others.reshape(n, 1, -1), value, -1.0).reshape(n, -1, *pools.shape[1:])
+    ordered = -np.sort(-value, axis=-1)  # [n, D, K, P] descending, padding (-1) last
+    weights = t.weights[count, np.minimum(free, NUM_MOVES)[:, None]]  # [n, K, P]
+    total = np.zeros(ordered.shape[:3], dtype=np.float64)
+    for i in range(ordered.shape[-1]):
+        total = total + weights[:, None, :, i] * np.maximum(known[..., None], ordered[..., i])
+    total = np.where((count > 0)[:, None, :], total, known[..., None])
+    summed = np.zeros(known.shape, dtype=np.float64)
+    for k in range(total.shape[-1]):
+        summed = summed + np.where(consistent[:, None, k], total[..., k], 0.0)
+    mean = summed / np.maximum(consistent.sum(axis=1), 1)[:, None]
+    use_prior = (free > 0)[:, None] & valid.any(axis=1)[:, None]
+    return np.where(use_prior, mean, known)
+
+
+def _speed(mon: _Mon, tailwind: np.ndarray) -> np.ndarray:
+    speed = mon.stats[..., SPE] * mon.boosts[..., SPE]
+    speed = np.where(mon.status == PARALYSIS, speed * PARALYSIS_SPEED, speed)
+    return np.where(tailwind, speed * 2, speed)
+
+
+def _first(ours: np.ndarray, theirs: np.ndarray, our_priority: np.ndarray,
+           trick_room: np.ndarray) -> np.ndarray:
+    """``matchup.first_mover`` against priority 0."""
+    by_speed = np.where(ours == theirs, 0.5, ((ours > theirs) != trick_room).astype(np.float64))
+    return np.where(our_priority != 0, (our_priority > 0).astype(np.float64), by_speed)
+
+
+CHUNK_ROWS = 512  # rows per pass: keeps the [rows, 7, 30] float64 temporaries in cache
+
+
+def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
+    """Write the matchup features of ``n`` rows into ``out`` float32 [n, WIDTH]; ``sources`` maps
+    each field of ``SOURCES`` to [n, width]. Rows are independent: chunks do not change them."""
+    for first in range(0, len(out), CHUNK_ROWS):
+        rows = slice(first, first + CHUNK_ROWS)
+        _encode({name: sources[name][rows] for name in SOURCES}, out[rows], t)
+
+
+def _encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
+    n = len(out)
+    species_count, moves_count = len(t.base), len(t.kind)
+    own = _ids(sources["active_species_id"][:, 0], species_count)
+    opp = _ids(sources["opp_active_species_id"][:, 0], species_count)
+    team = _ids(sources["team_species"], species_count)  # [n, 6]
+    rows = np.arange(n)
+    slot = np.clip(sources["active_slot"][:, 0].astype(np.intp), 0, TEAM_SIZE - 1)
+    same = team[rows, slot] == own
+    levels = sources["team_level"].astype(np.int64)
+    stats = sources["team_stats"].reshape(n, TEAM_SIZE, STATS_PER_SLOT)
+    active_level = np.where(same, levels[rows, slot], 0)
+    active_stats = np.where(same[:, None], stats[rows, slot], 0)
+    revealed = _ids(sources["opp_team_revealed"], species_count)
+    match = (revealed == opp[:, None]) & (opp[:, None] > 0)
+    opp_slot = np.argmax(match, axis=1)
+    found = match.any(axis=1)
+    opp_level = np.where(found, sources["opp_team_level"][rows, opp_slot], 0)
+    tera = sources["opp_team_tera_type"][rows, opp_slot].astype(np.intp)
+    tera = np.where(found & (tera > 0) & (tera <= CHART_TYPES), tera, 0)
+    opp_moves = _ids(sources["opp_team_moves"].reshape(n, TEAM_SIZE, NUM_MOVES)[rows, opp_slot],
+                     moves_count)
+    opp_moves = np.where(found[:, None], opp_moves, 0)
+
+    # our active (index 0) and team slots (1..6), as defenders and attackers
+    ours_species = np.concatenate([own[:, None], team], axis=1)  # [n, 7]
+    ours_level = np.concatenate([active_level[:, None], levels], axis=1)
+    ours_stats = np.concatenate([active_stats[:, None], stats], axis=1)
+    boosts = np.zeros((n, 1 + TEAM_SIZE, 5), dtype=np.int64)
+    boosts[:, 0] = sources["active_boosts"][:, :5]
+    status = np.concatenate([sources["active_status"], sources["team_status"]], axis=1)
+    ours = _mon(t, ours_species, ours_level, ours_stats, boosts, status, None)
+    theirs = _mon(t, opp, opp_level, None, sources["opp_active_boosts"],
+                  sources["opp_active_status"][:, 0], tera)
+    opp_side = _Mon(*(getattr(theirs, f)[:, None] for f in _FIELDS))
+    threat = _prior_best(t, opp_side, ours, opp_moves)  # [n, 7]
+
+    our_moves = np.concatenate(
+        [_ids(sources["active_moves"], moves_count)[:, None],
+         _ids(sources["team_moves"], moves_count).reshape(n, TEAM_SIZE, NUM_MOVES)], axis=1)
+    attack = _damage(t, ours, opp_side, our_moves).max(axis=-1)  # [n, 7]
+
+    our_speed = _speed(_Mon(*(getattr(ours, f)[:, 0] for f in _FIELDS)),
+                       sources["own_tailwind"][:, 0] > 0)
+    their_speed = _speed(theirs, sources["opp_tailwind"][:, 0] > 0)
+    trick_room = sources["trick_room"][:, 0] > 0
+    both = (own > 0) & (opp > 0)
+    first = np.where(both, _first(our_speed, their_speed, np.zeros(n), trick_room), 0.0)
+    move_ids = our_moves[:, 0]
+    priority = np.take(t.priority, move_ids)
+    move_first = _first(our_speed[:, None], their_speed[:, None], priority, trick_room[:, None])
+    move_first = np.where(both[:, None] & (move_ids > 0), move_first, 0.0)
+    share = np.where(both, our_speed / np.where(both, our_speed + their_speed, 1.0), 0.0)
+
+    out[:, 0:7] = np.minimum(threat, DAMAGE_CLIP)
+    out[:, 7:14] = np.minimum(attack, DAMAGE_CLIP)
+    out[:, 14] = first
+    out[:, 15:19] = move_first
+    out[:, 19] = share
+
+
+_FIELDS = ("species", "level", "stats", "boosts", "status", "types", "hp", "defending")
