@@ -10,7 +10,9 @@
 4. show the IQL checkpoint (`inspect`) and its validation metrics (`eval`);
 5. play 20 live battles with it against a random bot (`eval --online`) on a local Showdown
    server: optional, skipped with a note when the server is not installed (`make showdown`) or
-   when it takes longer than ONLINE_TIMEOUT_S.
+   when it takes longer than ONLINE_TIMEOUT_S;
+6. play the shipped policy (data/policies/, data/README.md) against the heuristic for 20
+   battles, optional in the same way.
 
 Each stage runs as a subprocess of this venv's `poke-rl`, with its progress on the terminal; the
 demo stops at the first command that fails and exits with its code. A few minutes on 2 CPU cores.
@@ -34,6 +36,7 @@ REPLAYS = "data/sample-replays.jsonl.gz"
 CONVERTED = "shards/demo-converted.jsonl.gz"
 SHARDS = "shards/demo"
 RUNS = Path("runs/demo")
+POLICY = "data/policies/beat-heuristic.pt"  # issue 21's best agent, exported
 ONLINE_TIMEOUT_S = 120
 
 
@@ -83,10 +86,10 @@ def convert_and_check() -> None:
     try:
         find_showdown()
     except PokeRLError as exc:
-        print(f"\n== 0/7 convert the replays: skipped ({exc})", flush=True)
+        print(f"\n== 0/8 convert the replays: skipped ({exc})", flush=True)
         return
     (REPO / CONVERTED).parent.mkdir(parents=True, exist_ok=True)
-    step("0/7 convert the shipped replays back into trajectories",
+    step("0/8 convert the shipped replays back into trajectories",
          "convert", REPLAYS, CONVERTED, "--workers", "2")
     comparison = compare_trajectories(REPO / SAMPLE, REPO / CONVERTED)
     print(f"-- check: {describe(comparison)}", flush=True)
@@ -105,20 +108,23 @@ def main() -> int:
         shutil.rmtree(REPO / RUNS / name, ignore_errors=True)
     bc, iql = RUNS / "bc", RUNS / "iql"
     convert_and_check()
-    step("1/7 prep: trajectory JSONL -> Parquet + tensor shards",
+    step("1/8 prep: trajectory JSONL -> Parquet + tensor shards",
          "prep", SAMPLE, SHARDS, "--workers", "2")
-    step("2/7 train BC", "train", SHARDS, "--config", "pipelines/configs/demo-bc.toml",
+    step("2/8 train BC", "train", SHARDS, "--config", "pipelines/configs/demo-bc.toml",
          "--run-dir", str(bc))
-    step("3/7 train IQL initialised from BC", "train", SHARDS,
+    step("3/8 train IQL initialised from BC", "train", SHARDS,
          "--config", "pipelines/configs/demo-iql.toml", "--run-dir", str(iql),
          "--init-from", str(bc / "checkpoints" / "best.pt"))
-    step("4/7 inspect the IQL checkpoint", "inspect", str(iql / "checkpoints" / "best.pt"))
-    step("5/7 eval BC on the val split", "eval", str(bc / "checkpoints" / "best.pt"),
+    step("4/8 inspect the IQL checkpoint", "inspect", str(iql / "checkpoints" / "best.pt"))
+    step("5/8 eval BC on the val split", "eval", str(bc / "checkpoints" / "best.pt"),
          SHARDS)
-    step("6/7 eval IQL on the val split", "eval", str(iql / "checkpoints" / "best.pt"), SHARDS)
-    optional_step("7/7 eval IQL online: 20 live battles against a random bot", ONLINE_TIMEOUT_S,
+    step("6/8 eval IQL on the val split", "eval", str(iql / "checkpoints" / "best.pt"), SHARDS)
+    optional_step("7/8 eval IQL online: 20 live battles against a random bot", ONLINE_TIMEOUT_S,
                   "eval", str(iql / "checkpoints" / "best.pt"), "--online", "--battles", "20",
                   "--opponents", "random")
+    optional_step("8/8 the shipped policy: 20 live battles against the heuristic",
+                  ONLINE_TIMEOUT_S, "eval", POLICY, "--online", "--battles", "20",
+                  "--opponents", "heuristic")
     print(f"\ndemo finished: shards in {SHARDS}, runs in {RUNS} "
           f"(TensorBoard: tensorboard --logdir {RUNS})")
     return 0

@@ -272,13 +272,24 @@ def eval_command(
     port: int = typer.Option(None, help="Online: port of the local server (default: a free one)."),
     seed: int = typer.Option(0, help="Online: seed of the players' own random choices."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Online: progress."),
+    league: str = typer.Option(
+        None, help="Online: a round robin of CKPT and these players (comma-separated, as "
+        "--opponents; policies also POLICY@TEMP or POLICY:top2:EPS), --battles per pair, with "
+        "Bradley–Terry ratings against heuristic (or the first player) and 95 % intervals.",
+    ),
 ) -> None:
     """Offline metrics of a checkpoint on the val split (action match, Q, entropy, TD error), or
     with --online its win rates in live battles against baseline bots."""
     if online:
-        _eval_online(_checkpoint_argument(checkpoint), shards, device, as_json, battles,
-                     opponents, battle_format, concurrency, server, port, seed, progress)
+        options = _online_options(shards, device, battles, battle_format, concurrency, server,
+                                  port, seed, progress)
+        if league is not None:
+            _eval_league(checkpoint, league, options, as_json)
+            return
+        _eval_online(_checkpoint_argument(checkpoint), opponents, options, as_json)
         return
+    if league is not None:
+        raise PokeRLError("--league plays live battles: add --online")
     from poke_rl.train.validate import evaluate_checkpoint, print_report
 
     checkpoint = _checkpoint_argument(checkpoint)
@@ -298,23 +309,39 @@ def _checkpoint_argument(path: Path) -> Path:
     return resolved
 
 
-def _eval_online(checkpoint: Path, shards: str | None, device: str | None, as_json: bool,
-                 battles: int, opponents: str, battle_format: str, concurrency: int,
-                 server: str | None, port: int | None, seed: int, progress: bool) -> None:
-    from poke_rl.showdown.online import (
-        OnlineOptions,
-        parse_opponents,
-        print_online_report,
-        run_online,
-    )
+def _online_options(shards: str | None, device: str | None, battles: int, battle_format: str,
+                    concurrency: int, server: str | None, port: int | None, seed: int,
+                    progress: bool) -> Any:
+    from poke_rl.showdown.online import OnlineOptions
 
     if shards is not None:
         raise PokeRLError("--online plays live battles and takes no SHARDS argument")
-    options = OnlineOptions(
-        battles=battles, opponents=parse_opponents(opponents), battle_format=battle_format,
-        concurrency=concurrency, server=server, port=port, device=device or "cpu", seed=seed,
-        progress=progress,
+    return OnlineOptions(
+        battles=battles, battle_format=battle_format, concurrency=concurrency, server=server,
+        port=port, device=device or "cpu", seed=seed, progress=progress,
     )
+
+
+def _eval_league(checkpoint: Path, league: str, options: Any, as_json: bool) -> None:
+    from poke_rl.showdown.online import parse_opponents, print_league_report, run_league
+
+    agent = str(_checkpoint_argument(checkpoint)) if checkpoint.is_dir() else str(checkpoint)
+    players = (agent, *parse_opponents(league))
+    report = run_league(players, options,
+                        reference="heuristic" if "heuristic" in players else None)
+    print_league_report(report, as_json=as_json)
+    if report["illegal_actions"]:
+        raise RuntimeError(
+            f"league policies asked for {report['illegal_actions']} illegal actions (must be 0)"
+        )
+
+
+def _eval_online(checkpoint: Path, opponents: str, options: Any, as_json: bool) -> None:
+    from dataclasses import replace
+
+    from poke_rl.showdown.online import parse_opponents, print_online_report, run_online
+
+    options = replace(options, opponents=parse_opponents(opponents))
     report = run_online(checkpoint, options)
     print_online_report(report, as_json=as_json)
     if report["illegal_actions"]:
@@ -332,7 +359,8 @@ def collect(
     p1: str = typer.Option(
         "heuristic:0.1",
         help="random, maxpower, heuristic or a checkpoint (.pt), optionally :EPSILON "
-        "(random-action rate).",
+        "(random-action rate); a checkpoint also @TEMP (sampled) or :top2:EPS (its second "
+        "choice with probability EPS).",
     ),
     p2: str = typer.Option("random", help="The opponent, same syntax as --p1."),
     concurrency: int = typer.Option(4, min=1, help="Battles in flight at once."),

@@ -35,7 +35,7 @@ from poke_rl.algos import Algorithm
 from poke_rl.errors import PokeRLError
 from poke_rl.features import Preprocessor
 from poke_rl.files import atomic_file
-from poke_rl.policy import load_algorithm
+from poke_rl.policy import explore_action, load_algorithm
 from poke_rl.schema import NUM_ACTIONS, NUM_MOVES, TEAM_SIZE, Rejection
 from poke_rl.world import resolve_device
 
@@ -313,10 +313,12 @@ class Policy:
         return logits.cpu()
 
     def act(self, observation: Mapping[str, Any], mask: Sequence[bool],
-            temperature: float = 0.0) -> int:
+            temperature: float = 0.0, top2: float = 0.0) -> int:
         """The action index (0..3 move slot, 4..9 switch to team slot) for one raw observation:
         the best legal one at temperature 0, else a draw from softmax(logits / temperature)
-        over the legal actions with ``self.generator``. PokeRLError on an invalid observation."""
+        over the legal actions with ``self.generator``; ``top2`` = ε: the second-best legal
+        action with probability ε (``poke_rl.policy.explore_action``). PokeRLError on an
+        invalid observation."""
         if not temperature >= 0.0:
             raise PokeRLError(f"temperature must be >= 0, got {temperature}")
         mask = [bool(legal) for legal in mask]
@@ -327,10 +329,9 @@ class Policy:
         except Rejection as exc:
             raise PokeRLError(f"observation: {exc}") from None
         logits = self.logits(ids, num, np.array(mask))[0]
-        if temperature == 0.0:
+        if temperature == 0.0 and top2 == 0.0:
             return int(logits.argmax())
-        probs = torch.softmax(logits.double() / temperature, dim=0)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        return explore_action(logits, temperature, top2, self.generator)
 
     __call__ = act  # a ``(observation, mask) -> action`` callable, as PolicyPlayer takes
 

@@ -4,7 +4,9 @@ Every reader that turns a checkpoint into a network goes through ``load_algorith
 ``eval``, ``eval --online``, checkpoint players of ``collect``. It refuses a checkpoint trained on
 other features than the installed preprocessor's (``require_same_features``), which ``train``
 also applies to ``--resume`` and ``--init-from``. Inference outside poke-rl's commands (exported
-TorchScript files, ``act`` with a temperature) is ``poke_rl.export``'s ``load_policy``.
+TorchScript files, ``act`` with a temperature or top-2 exploration) is ``poke_rl.export``'s
+``load_policy``; ``explore_action`` is the one rule that turns masked logits into a sampled or
+perturbed action, for it and for the players of ``collect``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,33 @@ def load_algorithm(
     )
     algorithm.load_state_dict(state["algo_state"])
     return state, algorithm
+
+
+def explore_action(logits: torch.Tensor, temperature: float = 0.0, top2: float = 0.0,
+                   generator: torch.Generator | None = None) -> int:
+    """An action index from one row of masked logits (float [10], illegal actions -inf).
+
+    ``temperature`` > 0: a draw from softmax(logits / temperature) over the legal actions.
+    ``top2`` = ε > 0: the best legal action, or with probability ε the second best (the best when
+    only one action is legal). Both 0: the best (the greedy action). Both > 0: a PokeRLError.
+    Draws come from ``generator`` (torch's global one when None)."""
+    if not temperature >= 0.0:
+        raise PokeRLError(f"temperature must be >= 0, got {temperature}")
+    if not 0.0 <= top2 <= 1.0:
+        raise PokeRLError(f"top-2 epsilon must be in [0, 1], got {top2}")
+    if temperature > 0.0 and top2 > 0.0:
+        raise PokeRLError("choose a temperature or a top-2 epsilon, not both")
+    logits = logits.double()
+    if not bool(torch.isfinite(logits).any()):
+        raise PokeRLError("a mask row has no legal action: there is nothing to choose")
+    if temperature > 0.0:
+        probs = torch.softmax(logits / temperature, dim=0)
+        return int(torch.multinomial(probs, 1, generator=generator))
+    order = torch.argsort(logits, descending=True, stable=True)
+    if top2 > 0.0 and bool(torch.isfinite(logits[order[1]])):
+        if float(torch.rand((), generator=generator, dtype=torch.float64)) < top2:
+            return int(order[1])
+    return int(order[0])
 
 
 class CheckpointPolicy:

@@ -1,4 +1,5 @@
-"""Online evaluation: a checkpoint plays live battles against baseline bots (``poke-rl eval --online``).
+"""Online evaluation: a checkpoint (or an exported policy) plays live battles against baseline bots
+(``poke-rl eval --online``), or a league of players plays a rated round robin (``--league``).
 
 The checkpoint's policy (``CheckpointPolicy``) featurises each live observation with the installed
 ``Preprocessor().transform_observation`` (the same features the checkpoint was trained on; a
@@ -35,6 +36,8 @@ import orjson
 
 from poke_rl.console import Progress, print_table
 from poke_rl.errors import PokeRLError
+from poke_rl.export import is_exported_policy, load_policy
+from poke_rl.league import Match, fit_bradley_terry, round_robin
 from poke_rl.policy import CheckpointPolicy
 from poke_rl.showdown.battles import (
     DEFAULT_FORMAT,
@@ -93,6 +96,16 @@ class OpponentResult:
     trapped_retries: int = 0
     seconds: float = 0.0
 
+    def add(self, record: dict[str, Any]) -> str:
+        """Count one finished battle (the trajectory of the player scored); the progress text."""
+        outcome = record["total_reward"]
+        self.battles += 1
+        self.wins += outcome > 0
+        self.losses += outcome < 0
+        self.ties += outcome == 0
+        self.turns += int(record["turns"])
+        return f"won {self.wins}/{self.battles}"
+
     def to_dict(self) -> dict[str, Any]:
         low, high = wilson_interval(self.wins, self.battles)
         return {
@@ -139,7 +152,9 @@ def run_online(checkpoint: str | Path, options: OnlineOptions,
     import torch
 
     torch.set_num_threads(max(1, options.torch_threads))
-    if policy is None:
+    if policy is None and is_exported_policy(checkpoint):  # a ``poke-rl export`` file
+        policy = load_policy(checkpoint, options.device)
+    elif policy is None:
         policy = CheckpointPolicy(checkpoint, options.device)
     results: list[OpponentResult] = []
     start = time.perf_counter()
@@ -178,19 +193,10 @@ def _play_opponent(policy: Any, opponent: str, index: int, url: str,
                                              **account("o"))
     result = OpponentResult(opponent=opponent)
 
-    def score(record: dict[str, Any]) -> str:
-        outcome = record["total_reward"]
-        result.battles += 1
-        result.wins += outcome > 0
-        result.losses += outcome < 0
-        result.ties += outcome == 0
-        result.turns += int(record["turns"])
-        return f"won {result.wins}/{result.battles}"
-
     began = time.perf_counter()
     with Progress(f"eval vs {opponent}", options.battles, enabled=options.progress,
                   plain_lines=4) as progress:
-        play_battles(agent, rival, options.battles, finished, score, progress,
+        play_battles(agent, rival, options.battles, finished, result.add, progress,
                      where=f"on {url} against {opponent}", stall_timeout_s=options.stall_timeout_s)
     result.seconds = time.perf_counter() - began
     result.decisions = agent.decisions
@@ -198,6 +204,86 @@ def _play_opponent(policy: Any, opponent: str, index: int, url: str,
     result.refused_choices = agent.redecided - agent.trap_refused
     result.trapped_retries = agent.trap_refused
     return result
+
+
+def run_league(players: Sequence[str], options: OnlineOptions,
+               reference: str | None = None) -> dict[str, Any]:
+    """A round robin: ``options.battles`` battles for every pair of ``players`` (player specs:
+    baselines, checkpoints, exported policies, any exploration), then their Bradley–Terry ratings
+    against ``reference`` (default: the first player) with 95 % intervals (``poke_rl.league``).
+    Each policy player's illegal actions are counted; the report as plain data."""
+    if options.battles < 1 or options.concurrency < 1:
+        raise PokeRLError("--battles and --concurrency must be at least 1")
+    pairs = round_robin(players)
+    specs = {name: PlayerSpec.parse(name) for name in players}
+    check_format(options.battle_format)
+    import torch
+
+    torch.set_num_threads(max(1, options.torch_threads))
+    matches: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with server_url(options.server, options.port) as url:
+        for index, (first, second) in enumerate(pairs):
+            matches.append(_play_pair(specs[first], specs[second], index, url, options))
+    ratings = fit_bradley_terry(
+        list(players), [Match(m["first"], m["second"], m["battles"], m["wins"] + m["ties"] / 2)
+                        for m in matches], reference=reference)
+    return {
+        "format": options.battle_format,
+        "battles_per_pair": options.battles,
+        "reference": ratings[0].player,
+        "matches": matches,
+        "ratings": [rating.to_dict() for rating in sorted(ratings, key=lambda r: -r.theta)],
+        "illegal_actions": sum(m["illegal_actions"] for m in matches),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _play_pair(first: PlayerSpec, second: PlayerSpec, index: int, url: str,
+               options: OnlineOptions) -> dict[str, Any]:
+    tag = secrets.token_hex(3)
+    finished: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+    players = [
+        spec.build(seed=f"{options.seed}:league:{index}:{side}",
+                   on_trajectory=finished.put if side == 0 else None,
+                   **player_options(url, f"prlg{tag}{side}x{index}", options.battle_format,
+                                    options.concurrency))
+        for side, spec in enumerate((first, second))
+    ]
+    result = OpponentResult(opponent=second.label)
+
+    began = time.perf_counter()
+    with Progress(f"{first.label} vs {second.label}", options.battles, enabled=options.progress,
+                  plain_lines=4) as progress:
+        play_battles(players[0], players[1], options.battles, finished, result.add, progress,
+                     where=f"on {url}: {first.label} vs {second.label}",
+                     stall_timeout_s=options.stall_timeout_s)
+    result.seconds = time.perf_counter() - began
+    row = result.to_dict()
+    row.pop("opponent")
+    row.pop("decisions")
+    row.pop("refused_choices")
+    row.pop("trapped_retries")
+    row["illegal_actions"] = sum(getattr(player, "illegal_choices", 0) for player in players)
+    return {"first": first.label, "second": second.label, **row}
+
+
+def print_league_report(report: dict[str, Any], as_json: bool = False) -> None:
+    """``poke-rl eval --online --league``'s output: the matches, then the ratings."""
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    rows = [(m["first"], m["second"], m["battles"], m["wins"], f"{m['win_rate']:.1%}",
+             "{:.1%}–{:.1%}".format(*m["win_rate_ci95"]), m["illegal_actions"])
+            for m in report["matches"]]
+    header = ("first", "second", "battles", "first won", "win rate", "95% CI", "illegal")
+    print_table(f"league, {report['format']}, {report['battles_per_pair']} battles per pair "
+                f"({report['seconds']:.0f} s)", rows, header=header, right=header[2:], min_width=100)
+    rows = [(r["player"], f"{r['elo']:+.0f}", "{:+.0f} – {:+.0f}".format(*r["elo_ci95"]),
+             f"{r['theta']:+.2f}", r["battles"]) for r in report["ratings"]]
+    header = ("player", "elo", "95% CI", "log-odds", "battles")
+    print_table(f"Bradley–Terry ratings against {report['reference']} (0)", rows, header=header,
+                right=header[1:], min_width=100)
 
 
 def print_online_report(report: dict[str, Any], as_json: bool = False) -> None:

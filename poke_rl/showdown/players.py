@@ -10,12 +10,14 @@ battle (DESIGN.md "Trajectory JSONL"). Strategies:
 - any of them with ``epsilon``: with that probability a uniform legal action instead.
 - ``PolicyPlayer``: any function (observation dict, mask) -> action index, e.g. a trained model;
   ``PlayerSpec`` builds one from a checkpoint path or an exported policy file (``poke-rl
-  export``, read through ``poke_rl.load_policy``).
+  export``, read through ``poke_rl.load_policy``), greedy, sampled at a temperature
+  (``POLICY@TEMP``) or playing its second-best action with probability ε (``POLICY:top2:EPS``).
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,31 +217,47 @@ STRATEGIES: dict[str, type[RecordingPlayer]] = {
 CHECKPOINT_SUFFIX = ".pt"
 
 
+TOP2 = "top2"
+
+
 @dataclass(frozen=True)
 class PlayerSpec:
     """A player, written ``NAME`` or ``NAME:EPSILON``: NAME is a baseline strategy (``random``,
     ``maxpower``, ``heuristic``), the path of a trained checkpoint (``...pt``) or of an exported
     policy (``poke-rl export CKPT POLICY.pt``), which plays its greedy masked action, so trained
-    agents can collect data (self-play) and be opponents."""
+    agents can collect data (self-play) and be opponents. A policy also takes exploration that
+    follows its own preferences: ``POLICY@TEMP`` samples from softmax(logits / TEMP) over the
+    legal actions, ``POLICY:top2:EPS`` plays its second-best legal action with probability EPS
+    (``poke_rl.policy.explore_action``); ``:EPSILON`` is a uniform legal action instead."""
 
     strategy: str  # a key of STRATEGIES, or "policy" for a checkpoint or exported policy
     epsilon: float = 0.0
     checkpoint: str | None = None
     exported: bool = False  # ``checkpoint`` is an exported policy file (TorchScript)
+    temperature: float = 0.0  # a policy sampled at this temperature (0: greedy)
+    top2: float = 0.0  # a policy playing its second-best action with this probability
 
     @classmethod
     def parse(cls, text: str) -> PlayerSpec:
         text = text.strip()
-        name, eps = text, ""
+        name, eps, temperature, top2 = text, "", "", ""
         head, sep, tail = text.rpartition(":")  # the last colon: a path may hold others
-        if sep and (head in STRATEGIES or head.endswith(CHECKPOINT_SUFFIX)):
+        if sep and head.endswith(f":{TOP2}") and head[: -len(TOP2) - 1].endswith(CHECKPOINT_SUFFIX):
+            name, top2 = head[: -len(TOP2) - 1], tail
+        elif sep and (head in STRATEGIES or head.endswith(CHECKPOINT_SUFFIX)):
             name, eps = head, tail
+        else:
+            at_head, at, at_tail = text.rpartition("@")
+            if at and at_head.endswith(CHECKPOINT_SUFFIX):
+                name, temperature = at_head, at_tail
+        epsilon = _rate(eps, text, "epsilon")
+        top2_rate = _rate(top2, text, "top-2 epsilon")
         try:
-            epsilon = float(eps) if eps else 0.0
+            temp = float(temperature) if temperature else 0.0
         except ValueError:
-            raise PokeRLError(f"bad epsilon in player {text!r}: expected a number in [0, 1]") from None
-        if not 0.0 <= epsilon <= 1.0:
-            raise PokeRLError(f"epsilon in player {text!r} must be in [0, 1]")
+            temp = -1.0
+        if not temp >= 0.0 or temp == float("inf"):
+            raise PokeRLError(f"bad temperature in player {text!r}: expected a number > 0")
         if name in STRATEGIES:
             return cls(name, epsilon)
         if name.endswith(CHECKPOINT_SUFFIX):
@@ -247,32 +265,55 @@ class PlayerSpec:
                 raise PokeRLError(f"player checkpoint {name} does not exist")
             # a damaged file or one for other features is refused here, before a server starts
             # or a battle is played (building the player loads it again, checking again)
-            if is_exported_policy(name):
+            exported = is_exported_policy(name)
+            if exported:
                 check_features(read_metadata(name), Preprocessor(), Path(name))
-                return cls("policy", epsilon, checkpoint=name, exported=True)
-            verify_checkpoint(name)
-            return cls("policy", epsilon, checkpoint=name)
+            else:
+                verify_checkpoint(name)
+            return cls("policy", epsilon, checkpoint=name, exported=exported, temperature=temp,
+                       top2=top2_rate)
         raise PokeRLError(
             f"unknown player {name!r}: use one of {', '.join(STRATEGIES)} or a checkpoint or "
             f"exported policy path ending in {CHECKPOINT_SUFFIX}, optionally with ':EPSILON' "
-            "(e.g. heuristic:0.1)"
+            "(e.g. heuristic:0.1), or a policy with '@TEMP' or ':top2:EPS'"
         )
 
     @property
     def label(self) -> str:
         name = self.checkpoint if self.checkpoint is not None else self.strategy
+        if self.temperature > 0.0:
+            return f"{name}@{self.temperature:g}"
+        if self.top2 > 0.0:
+            return f"{name}:{TOP2}:{self.top2:g}"
         return name if self.epsilon == 0.0 else f"{name}:{self.epsilon:g}"
 
     def build(self, **kwargs: Any) -> RecordingPlayer:
         """A player of this strategy; ``kwargs`` go to ``RecordingPlayer`` and poke-env."""
-        if self.checkpoint is not None and self.exported:
+        if self.checkpoint is not None and (self.exported or self.temperature or self.top2):
             from poke_rl.export import load_policy
 
-            return PolicyPlayer(load_policy(self.checkpoint).act, epsilon=self.epsilon,
-                                label=self.label, **kwargs)
+            # the sampling generator follows the player's seed, so a seeded run draws the same
+            policy = load_policy(self.checkpoint, seed=zlib.crc32(str(kwargs.get("seed", 0)).encode()))
+            temperature, top2 = self.temperature, self.top2
+
+            def act(observation: dict[str, Any], mask: list[bool]) -> int:
+                return policy.act(observation, mask, temperature=temperature, top2=top2)
+
+            return PolicyPlayer(act, epsilon=self.epsilon, label=self.label, **kwargs)
         if self.checkpoint is not None:
             from poke_rl.policy import CheckpointPolicy
 
             return PolicyPlayer(CheckpointPolicy(self.checkpoint), epsilon=self.epsilon,
                                 label=self.label, **kwargs)
         return STRATEGIES[self.strategy](epsilon=self.epsilon, label=self.label, **kwargs)
+
+
+def _rate(text: str, spec: str, what: str) -> float:
+    """A probability written in a player spec ('' is 0)."""
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        raise PokeRLError(f"bad {what} in player {spec!r}: expected a number in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise PokeRLError(f"{what} in player {spec!r} must be in [0, 1]")
+    return value

@@ -58,6 +58,12 @@ def test_collect_prep_train_and_play_online(tmp_path: Path) -> None:
             "--no-progress",
         ])
         assert result.exit_code == 0, result.output
+        # a league: the greedy agent, the same one sampled at a temperature, random
+        league = runner.invoke(app, [
+            "eval", str(checkpoint), "--online", "--league", f"random,{checkpoint}@1", "-n", "2",
+            "--server", url, "--concurrency", "2", "--json", "--no-progress",
+        ])
+        assert league.exit_code == 0, league.output
         # the trained agent collects data too (self-play / stronger-play corpora)
         selfplay = tmp_path / "selfplay.jsonl"
         played = runner.invoke(app, [
@@ -68,6 +74,14 @@ def test_collect_prep_train_and_play_online(tmp_path: Path) -> None:
         pgid = server.pgid
     assert not group_pids(pgid)  # the server and its simulator processes are gone
 
+    table = orjson.loads(league.stdout)
+    assert [(m["first"], m["second"], m["battles"]) for m in table["matches"]] == [
+        (str(checkpoint), "random", 2), (str(checkpoint), f"{checkpoint}@1", 2),
+        ("random", f"{checkpoint}@1", 2)]
+    assert table["illegal_actions"] == 0 and table["reference"] == str(checkpoint)
+    assert sorted(r["player"] for r in table["ratings"]) == sorted(
+        [str(checkpoint), "random", f"{checkpoint}@1"])
+    assert [r["battles"] for r in table["ratings"]] == [4, 4, 4]
     report = orjson.loads(result.stdout)
     assert (report["algo"], report["step"], report["format"]) == ("bc", 20, "gen9randombattle")
     assert report["battles_per_opponent"] == ONLINE_BATTLES

@@ -98,9 +98,44 @@ def test_a_checkpoint_is_a_player(checkpoints: dict[str, Path], tmp_path: Path) 
     assert parse_opponents(f"heuristic,{path}") == ("heuristic", path)
     for bad, message in ((str(tmp_path / "missing.pt"), "does not exist"),
                          (f"{path}:x", "bad epsilon"), (f"{path}:1.5", "must be in"),
-                         (str(tmp_path), "unknown player")):
+                         (str(tmp_path), "unknown player"), (f"{path}@x", "bad temperature"),
+                         (f"{path}@-1", "bad temperature"), (f"{path}:top2:2", "top-2 epsilon"),
+                         (f"{path}:top2:y", "bad top-2"), (f"{tmp_path}@1", "unknown player")):
         with pytest.raises(PokeRLError, match=message):
             PlayerSpec.parse(bad)
+
+
+def test_a_checkpoint_explores_by_its_own_preferences(checkpoints: dict[str, Path]) -> None:
+    """``CKPT@TEMP`` samples its softmax, ``CKPT:top2:EPS`` its two best actions; seeded."""
+    from poke_rl.export import load_policy
+    from poke_rl.showdown.players import PlayerSpec, PolicyPlayer
+
+    path = str(checkpoints["bc"])
+    sampled, top2 = PlayerSpec.parse(f"{path}@0.7"), PlayerSpec.parse(f"{path}:top2:0.3")
+    assert (sampled.temperature, sampled.top2, sampled.label) == (0.7, 0.0, f"{path}@0.7")
+    assert (top2.temperature, top2.top2, top2.label) == (0.0, 0.3, f"{path}:top2:0.3")
+    assert parse_opponents(f"{path}@0.7,{path}") == (f"{path}@0.7", path)
+    greedy = load_policy(path)
+    obs = {"turn": 7, "active_hp": 0.5, "opp_active_hp": 0.25, "active_slot": 2,
+           "team_hp": [1.0, 0.0, 0.5, 1.0, 1.0, 0.1], "weather_id": 3}
+    mask = [True, True, False, True, False, True, True, True, True, False]
+    with torch.inference_mode():
+        ids, num = greedy.preprocessor.transform_observation(obs)
+        logits = greedy.logits(ids, num, [mask])[0]
+    two_best = {int(i) for i in torch.argsort(logits, descending=True)[:2]}
+    draws = {}
+    for spec in (sampled, top2):
+        runs = []
+        for _ in range(2):
+            player = spec.build(seed=4, start_listening=False)
+            assert isinstance(player, PolicyPlayer)
+            runs.append([player.policy(obs, mask) for _ in range(300)])
+        assert runs[0] == runs[1]  # the player's seed fixes the draws
+        assert all(mask[a] for a in runs[0])
+        draws[spec.label] = runs[0]
+    assert set(draws[top2.label]) == two_best
+    assert 0.2 < sum(a != int(logits.argmax()) for a in draws[top2.label]) / 300 < 0.4
+    assert len(set(draws[sampled.label])) >= len(two_best)
 
 
 def test_checkpoint_of_another_preprocessor_is_refused(
@@ -123,6 +158,10 @@ def test_checkpoint_of_another_preprocessor_is_refused(
     ([], "give SHARDS"),
     (["--online", "--opponents", "nope"], "unknown player"),
     (["--online", "--format", "gen9ou"], "random-battle formats"),
+    (["--league", "random"], "add --online"),
+    (["--online", "--league", "random,nope"], "unknown player"),
+    (["--online", "--league", "random,random"], "twice"),
+    (["--online", "--league", "heuristic", "--format", "gen9ou"], "random-battle formats"),
 ])
 def test_bad_usage_exits_2(checkpoints: dict[str, Path], extra: list[str], message: str) -> None:
     result = runner.invoke(app, ["eval", str(checkpoints["bc"]), *extra])

@@ -103,6 +103,16 @@ def test_an_exported_policy_plays_legal_moves_on_the_local_server(
             "--no-progress",
         ])
         assert online.exit_code == 0, online.output
+        # the exported file is the evaluated agent too, against its checkpoint's top-2 explorer
+        exported = runner.invoke(app, [
+            "eval", str(files["policy"]), "--online", "--battles", "2", "--opponents",
+            f"{files['checkpoint']}:top2:0.5", "--server", url, "--concurrency", "2", "--json",
+            "--no-progress",
+        ])
+        assert exported.exit_code == 0, exported.output
+    played = orjson.loads(exported.stdout)
+    assert (played["checkpoint"], played["algo"], played["step"]) == (str(files["policy"]), "bc", 20)
+    assert played["opponents"][0]["battles"] == 2 and played["illegal_actions"] == 0
     records = [orjson.loads(line) for line in gzip.open(corpus).read().splitlines()]
     mine = [r for r in records if r.get("agent", r.get("player", "")) != "random"
             and str(files["policy"]) in orjson.dumps(r).decode()]
