@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import functools
-import hashlib
 import os
 import signal
 import tempfile
@@ -44,6 +43,7 @@ from poke_rl.prep.work import (
     rebuild_part,
     staged_shard_name,
 )
+from poke_rl.shards import sha256_of
 
 RAY_MISSING = "prep --ray needs Ray, which is not installed: pip install 'poke-rl[ray]'"
 _OUTPUT_FOLDERS = ("transitions", "tensors")
@@ -216,7 +216,7 @@ class RayRunner:
             raise RuntimeError(f"Ray task {entry.index} returned files it may not write: {unexpected}")
         for split, info in result.shards.items():
             data = files.get(f"tensors/{staged_shard_name(entry.index, split)}")
-            sha = None if data is None else f"sha256:{hashlib.sha256(data).hexdigest()}"
+            sha = None if data is None else sha256_of(data)
             if data is None or len(data) != info.bytes or sha != info.sha256:
                 raise RuntimeError(f"Ray task {entry.index}: its {split} shard arrived damaged or not at all")
         for name, data in sorted(files.items()):
