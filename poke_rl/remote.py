@@ -211,7 +211,7 @@ def _mirror(old: dict[str, Any] | None, out: str, mirror: Path, root: Path) -> d
         forward = _to_cache(root, old)
         write_manifest(mirror, {**old, "inputs": [{**e, "path": forward.get(e["path"], e["path"])}
                                                   for e in old["inputs"]]})  # fmt: skip
-    return {relative: _stamp(mirror / relative) for relative in [*_listed(old), REJECTS, MANIFEST_NAME]}
+    return {relative: _stamp(mirror / relative) for relative in [*remote, REJECTS, MANIFEST_NAME]}
 
 
 def _upload(fs: Any, base: str, out: str, mirror: Path, old: dict[str, Any] | None,
@@ -222,9 +222,9 @@ def _upload(fs: Any, base: str, out: str, mirror: Path, old: dict[str, Any] | No
     moved to ``PENDING`` (so readers find no output, and the next prep knows these files are its
     own). Then the remote files the old manifest listed and the new one does not are removed."""
     new = load_manifest(mirror)
-    listed = _listed(new)
+    listed, old_listed = _listed(new), _listed(old)
     changed = [r for r in [*listed, REJECTS] if (mirror / r).is_file() and _stamp(mirror / r) != before.get(r)]
-    overwritten = [r for r in changed if r in _listed(old)]
+    overwritten = [r for r in changed if r in old_listed]
     remote_view = {**new, "inputs": [{**e, "path": back.get(e["path"], e["path"])} for e in new["inputs"]]}
     problem = manifest_problem(remote_view)
     if problem:
@@ -244,7 +244,7 @@ def _upload(fs: Any, base: str, out: str, mirror: Path, old: dict[str, Any] | No
         state = "holds no output until then" if pending else "still holds the old output"
         raise PokeRLError(f"uploading to {out} failed ({exc}); it {state}: run the same prep "
                           "again to finish")  from None  # fmt: skip
-    dropped = sorted(set(_listed(old)) - set(listed))
+    dropped = sorted(set(old_listed) - set(listed))
     try:
         for relative in dropped:
             fs.rm_file(f"{base}/{relative}")
