@@ -192,18 +192,25 @@ def _play_opponent(policy: Any, opponent: str, index: int, url: str,
     rival = PlayerSpec.parse(opponent).build(seed=f"{options.seed}:opponent:{index}",
                                              **account("o"))
     result = OpponentResult(opponent=opponent)
-
-    began = time.perf_counter()
-    with Progress(f"eval vs {opponent}", options.battles, enabled=options.progress,
-                  plain_lines=4) as progress:
-        play_battles(agent, rival, options.battles, finished, result.add, progress,
-                     where=f"on {url} against {opponent}", stall_timeout_s=options.stall_timeout_s)
-    result.seconds = time.perf_counter() - began
+    _play_scored(result, agent, rival, finished, f"eval vs {opponent}", f"on {url} against {opponent}",
+                 options)
     result.decisions = agent.decisions
     result.illegal_actions = agent.illegal_choices
     result.refused_choices = agent.redecided - agent.trap_refused
     result.trapped_retries = agent.trap_refused
     return result
+
+
+def _play_scored(result: OpponentResult, first: Any, second: Any,
+                 finished: queue.SimpleQueue[dict[str, Any]], title: str, where: str,
+                 options: OnlineOptions) -> None:
+    """Play ``options.battles`` battles of ``first`` against ``second`` with a progress bar,
+    counting each trajectory ``first`` hands to ``finished`` into ``result`` (and its time)."""
+    began = time.perf_counter()
+    with Progress(title, options.battles, enabled=options.progress, plain_lines=4) as progress:
+        play_battles(first, second, options.battles, finished, result.add, progress, where=where,
+                     stall_timeout_s=options.stall_timeout_s)
+    result.seconds = time.perf_counter() - began
 
 
 def run_league(players: Sequence[str], options: OnlineOptions,
@@ -251,14 +258,8 @@ def _play_pair(first: PlayerSpec, second: PlayerSpec, index: int, url: str,
         for side, spec in enumerate((first, second))
     ]
     result = OpponentResult(opponent=second.label)
-
-    began = time.perf_counter()
-    with Progress(f"{first.label} vs {second.label}", options.battles, enabled=options.progress,
-                  plain_lines=4) as progress:
-        play_battles(players[0], players[1], options.battles, finished, result.add, progress,
-                     where=f"on {url}: {first.label} vs {second.label}",
-                     stall_timeout_s=options.stall_timeout_s)
-    result.seconds = time.perf_counter() - began
+    _play_scored(result, players[0], players[1], finished, f"{first.label} vs {second.label}",
+                 f"on {url}: {first.label} vs {second.label}", options)
     row = result.to_dict()
     row.pop("opponent")
     row.pop("decisions")
