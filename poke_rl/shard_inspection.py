@@ -46,6 +46,7 @@ def block_layout(out_dir: str | Path, manifest: dict[str, Any]) -> tuple[dict[st
     tensor_bytes = sum(e["bytes"] for split in SPLITS for e in shard_entries(manifest, split))
     return {
         "states": {name: {"dtype": sub.base.name, "width": sub.shape[0]} for name, sub in groups.items()},
+        "flag_columns": int(block.layout_key[0][3]),  # bits: flag j is bit j % 8 of flags byte j // 8
         "state_row_bytes": block.states.dtype.itemsize,
         "transition": {name: block.transitions.dtype.fields[name][0].name for name in block.transitions.dtype.names},
         "first_block": {"transitions": len(block), "states": len(block.states)},
@@ -153,7 +154,8 @@ def _print_shards_tables(report: dict[str, Any]) -> None:
     print_table("features per transition (decoded)", features, header=("array", "shape", "dtype"))
     layout = report["block_layout"]
     if layout is not None:
-        groups = ", ".join(f"{name} {g['dtype']}[{g['width']}]" for name, g in layout["states"].items())
+        groups = ", ".join(f"{name} {g['dtype']}[{g['width']}]" + (f" ({layout['flag_columns']} bits)" if name == "flags" else "")
+                           for name, g in layout["states"].items())  # fmt: skip
         record = ", ".join(f"{name} {dtype}" for name, dtype in layout["transition"].items())
         first = layout["first_block"]
         print_table("a block: how it turns into transitions (layout v3)", [
@@ -161,8 +163,9 @@ def _print_shards_tables(report: dict[str, Any]) -> None:
                                   "whole trajectories in order, each once, an all-zero row after each terminal")),
             ("transitions.npy", escape(f"one record per transition: {record}; transition i is "
                                        "states[row[i]] → states[next_row[i]]")),
-            ("num_order.npy", "num[:, num_order] = concat(full, half, flags) as float32; ids, mask and done as "
-                              "they are (mask, done: 0/1 → bool)"),
+            ("num_order.npy", "num[:, num_order] = concat(full, half, flag bits) as float32 (flag j: bit j % 8, "
+                              "least significant first, of flags byte j // 8); ids, mask and done as they are "
+                              "(mask, done: 0/1 → bool)"),
             ("first block", f"{first['transitions']:,} transitions, {first['states']:,} state rows"),
             ("bytes per transition", f"{layout['bytes_per_transition']:,} (all shards, tar headers included)"),
         ])  # fmt: skip

@@ -11,8 +11,8 @@ Reading (``iter_blocks``) checks what a shard may not hide: with the manifest's 
 hashes the whole shard before yielding its first block (once per process and file state for a
 local file: ``verified``), tar header checksums, ``.npy`` headers against payload sizes, the
 members' dtypes, ``num_order`` a permutation, state-row indices inside the block, actions inside
-0..9, and finite floats (a NaN or infinity is a data error naming the shard and block, not a
-learning-rate problem far downstream).
+0..9, done and masks 0/1, no flag bit set beyond the flag columns, and finite floats (a NaN or
+infinity is a data error naming the shard and block, not a learning-rate problem far downstream).
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class Block:
         """What two blocks must share for their rows to sit in one batch: the state groups'
         widths (full, half, ids, flags), the state row's bytes and ``num_order``."""
         if self._key is None:
-            widths = storage.group_widths(self.states.dtype)
+            widths = storage.group_widths(self.states.dtype, len(self.num_order))
             if widths is None:
                 raise ValueError("a block's states must have a storage.states_dtype")
             self._key = (widths, self.states.dtype.itemsize, self.num_order.tobytes())
@@ -458,14 +458,14 @@ def _complete(members: dict[str, np.ndarray], label: str, key: str | None) -> Bl
     if missing:
         raise ShardError(f"{where} lacks arrays {sorted(missing)} (truncated, corrupt or not layout v3)")
     states, transitions, order = members["states"], members["transitions"], members["num_order"]
-    widths = storage.group_widths(states.dtype) if states.ndim == 1 else None
+    if order.dtype != np.int16 or order.ndim != 1 or not np.array_equal(np.sort(order), np.arange(len(order))):
+        raise ShardError(f"{where} has a num_order that is not a permutation of its {order.size} numeric columns (corrupt)")
+    widths = storage.group_widths(states.dtype, len(order)) if states.ndim == 1 else None
     if widths is None:
-        raise ShardError(f"{where} has states of an unknown dtype (corrupt or not layout v3)")
+        raise ShardError(f"{where} has states of an unknown dtype for its {len(order)} numeric columns "
+                         "(corrupt or not layout v3)")  # fmt: skip
     if transitions.dtype != storage.TRANSITION_DTYPE or transitions.ndim != 1:
         raise ShardError(f"{where} has transitions of an unknown dtype (corrupt or not layout v3)")
-    numeric = widths[0] + widths[1] + widths[3]
-    if order.dtype != np.int16 or order.shape != (numeric,) or not np.array_equal(np.sort(order), np.arange(numeric)):
-        raise ShardError(f"{where} has a num_order that is not a permutation of its {numeric} numeric columns (corrupt)")
     if len(transitions):
         for field in ("row", "next_row"):
             index = transitions[field]
@@ -477,9 +477,11 @@ def _complete(members: dict[str, np.ndarray], label: str, key: str | None) -> Bl
             raise ShardError(f"{where} holds actions outside 0..{NUM_ACTIONS - 1} (corrupt)")
         if transitions["done"].max() > 1:
             raise ShardError(f"{where} holds a done flag other than 0 or 1 (corrupt)")
-    for name in ("flags", "mask"):  # decoded as booleans and 0/1 numbers: nothing else is data
-        if len(states) and states[name].size and states[name].max() > 1:
-            raise ShardError(f"{where} holds a {name} byte other than 0 or 1 (corrupt)")
+    if len(states) and states["mask"].max() > 1:  # decoded as booleans
+        raise ShardError(f"{where} holds a mask byte other than 0 or 1 (corrupt)")
+    unused = storage.unused_flag_bits(widths[3])
+    if len(states) and unused and (states["flags"][:, -1] & unused).any():  # bits that hold no flag
+        raise ShardError(f"{where} holds flag bits beyond its {widths[3]} flag columns (corrupt)")
     for what, array in (("reward (transition", transitions["reward"]), ("state feature (state", states["full"]),
                         ("state feature (state", states["half"])):  # fmt: skip
         rows = non_finite_rows(array)

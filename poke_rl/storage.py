@@ -6,12 +6,14 @@ whose fields are the storage groups the feature table declares (``features``):
     full   float32 [F]   numeric columns float16 cannot hold within their declared tolerance
     half   float16 [H]   bounded numeric columns (exact, or within the declared tolerance)
     ids    int16 [N_ID]  categorical ids
-    flags  uint8 [G]     0/1 numeric columns
+    flags  uint8 [⌈G/8⌉] the G 0/1 numeric columns as bits: flag j is bit j % 8 (least
+                         significant first) of byte j // 8; the unused high bits of the last
+                         byte are zero
     mask   uint8 [10]    the legal actions in that state
 
 ``num_order`` (int16 [F + H + G]) names the ``num`` column of each stored numeric column, in the
-order full, half, flags; ``num[:, num_order] = concat(full, half, flags)`` restores today's column
-order. A transition is a record of ``TRANSITION_DTYPE``: its state row, its next-state row (the
+order full, half, flags; ``num[:, num_order] = concat(full, half, unpacked flags)`` restores
+today's column order (G is ``len(num_order) - F - H``: the bytes of ``flags`` do not name it). A transition is a record of ``TRANSITION_DTYPE``: its state row, its next-state row (the
 following state of its trajectory, or the block's all-zero row after a terminal), action, reward
 and done. Rows are padded to multiples of 4 bytes so that a batch of them can be viewed, on any
 device, as the float32/float16/int16 columns it holds without a copy (``loader.packing``).
@@ -89,7 +91,7 @@ class StateLayout:
 
     def encode_states(self, ids: np.ndarray, num: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Feature rows (ids int16 [n, N_ID], num float32 [n, N_NUM], mask bool [n, 10]) → state
-        rows of ``states_dtype``, padding bytes zero. Flags are stored as ``num != 0``."""
+        rows of ``states_dtype``, padding bytes zero. Flags are stored as the bits ``num != 0``."""
         dtype = self.states_dtype()
         rows = np.zeros((len(num), dtype.itemsize), dtype=np.uint8)
         # each group made contiguous, then copied into its bytes of every row (measured ~4x
@@ -98,7 +100,7 @@ class StateLayout:
             "full": np.take(num, self.full, axis=1),
             "half": np.take(num, self.half, axis=1).astype(np.float16),
             "ids": np.ascontiguousarray(ids, dtype=np.int16),
-            "flags": np.take(num, self.flags, axis=1) != 0,
+            "flags": np.packbits(np.take(num, self.flags, axis=1) != 0, axis=1, bitorder="little"),
             "mask": np.ascontiguousarray(mask, dtype=bool),
         }
         for name, values in groups.items():
@@ -115,15 +117,22 @@ class StateLayout:
             "full": list(self.full),
             "half": list(self.half),
             "flags": list(self.flags),
+            "flag_storage": "bits, little-endian within a byte",
             "half_tolerance": list(self.half_tolerance),
             "transition": [[name, TRANSITION_DTYPE.fields[name][0].str] for name in TRANSITION_FIELDS],
         }
 
 
+def flag_bytes(flags: int) -> int:
+    """The bytes of ``flags`` 0/1 columns stored as bits."""
+    return -(-flags // 8)
+
+
 def states_dtype(full: int, half: int, ids: int, flags: int) -> np.dtype:
-    """The structured dtype of a state row with these group widths, padded to 4 bytes."""
+    """The structured dtype of a state row with these group widths (``flags``: the number of
+    flag columns, stored as bits), padded to 4 bytes."""
     widths = (("full", "<f4", full), ("half", "<f2", half), ("ids", "<i2", ids),
-              ("flags", "u1", flags), ("mask", "u1", NUM_ACTIONS))  # fmt: skip
+              ("flags", "u1", flag_bytes(flags)), ("mask", "u1", NUM_ACTIONS))  # fmt: skip
     offsets, offset = [], 0
     for _, code, width in widths:
         offsets.append(offset)
@@ -136,9 +145,10 @@ def states_dtype(full: int, half: int, ids: int, flags: int) -> np.dtype:
     })  # fmt: skip
 
 
-def group_widths(dtype: np.dtype) -> tuple[int, int, int, int] | None:
-    """(full, half, ids, flags) widths of a state dtype read from a shard, or None when it is not
-    exactly one ``states_dtype`` builds (field names, dtypes, offsets, padding)."""
+def group_widths(dtype: np.dtype, numeric: int) -> tuple[int, int, int, int] | None:
+    """(full, half, ids, flags) widths of a state dtype read from a shard whose ``num_order``
+    names ``numeric`` columns, or None when it is not exactly the one ``states_dtype`` builds
+    for them (field names, dtypes, offsets, padding, ⌈flags / 8⌉ flag bytes)."""
     if dtype.names != STATE_FIELDS:
         return None
     widths = []
@@ -149,15 +159,25 @@ def group_widths(dtype: np.dtype) -> tuple[int, int, int, int] | None:
         widths.append(sub.shape[0])
     if widths[-1] != NUM_ACTIONS:
         return None
-    full, half, ids, flags, _ = widths
+    full, half, ids, _, _ = widths
+    flags = numeric - full - half
+    if flags < 0:
+        return None
     return (full, half, ids, flags) if dtype == states_dtype(full, half, ids, flags) else None
+
+
+def unused_flag_bits(flags: int) -> int:
+    """The bits of the last flag byte that hold no flag (must be zero), as a byte mask."""
+    return 0 if flags % 8 == 0 else 0xFF & ~((1 << (flags % 8)) - 1)
 
 
 def decode_states(states: np.ndarray, num_order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """State rows → (ids int16 [n, N_ID], num float32 [n, N_NUM] in feature order, mask bool
     [n, 10]): numpy, the reference for the torch decoding of ``loader.packing``."""
+    flags = len(num_order) - states["full"].shape[1] - states["half"].shape[1]
+    bits = np.unpackbits(states["flags"], axis=1, count=flags, bitorder="little")
     stored = np.concatenate(
-        [states["full"], states["half"].astype(np.float32), states["flags"].astype(np.float32)], axis=1
+        [states["full"], states["half"].astype(np.float32), bits.astype(np.float32)], axis=1
     )
     num = np.empty_like(stored)
     num[:, num_order] = stored

@@ -49,7 +49,7 @@ def test_the_declarations_decide_the_layout_and_the_fingerprint() -> None:
     pre = Preprocessor()
     layout = pre.state_layout()
     assert (len(layout.full), len(layout.half), len(layout.flags)) == (0, 196, 166)
-    assert layout.states_dtype().itemsize == 808 and layout.num_dim == pre.num_dim
+    assert layout.states_dtype().itemsize == 664 and layout.num_dim == pre.num_dim  # 166 flags in 21 bytes
     names = pre.num_names()
     assert {names[c] for c in layout.flags} >= {"team_fainted[0]", "own_stealth_rock", "dex.own_type=fire",
                                                 "dex.move[2].stab", "active_status=brn", "active_volatiles.bit0",
@@ -70,6 +70,17 @@ def test_a_layout_round_trips_through_a_plain_float32_layout() -> None:
     plain = storage.StateLayout.plain(3, 5)
     back = storage.decode_states(plain.encode_states(ids, num, mask), plain.num_order)
     for got, want in zip(back, (ids, num, mask), strict=True):
+        assert np.array_equal(got, want)
+    flagged = storage.StateLayout(3, (4,), (0,), (1, 2, 3), (0.0,))  # 3 flags, in one byte
+    num[:, 1:4] = rng.random((7, 3)) < 0.5
+    num[:, 0] = num[:, 0].astype(np.float16)
+    states = flagged.encode_states(ids, num, mask)
+    assert states.dtype.itemsize == 4 + 2 + 6 + 1 + 10 + 1 and states["flags"].shape == (7, 1)
+    # flag j is bit j % 8 of byte j // 8; the unused high bits are zero
+    assert np.array_equal(states["flags"][:, 0], num[:, 1] + 2 * num[:, 2] + 4 * num[:, 3])
+    assert storage.group_widths(states.dtype, 5) == (1, 1, 3, 3) and storage.group_widths(states.dtype, 13) is None
+    assert storage.unused_flag_bits(3) == 0b11111000 and storage.unused_flag_bits(16) == 0
+    for got, want in zip(storage.decode_states(states, flagged.num_order), (ids, num, mask), strict=True):
         assert np.array_equal(got, want)
     with pytest.raises(ValueError, match="partition"):
         storage.StateLayout(3, (0, 1), (1,), (2, 3))

@@ -420,6 +420,22 @@ def test_a_state_index_outside_the_block_is_named_never_an_index_error(
     assert_one_error_line(result, 2, "train-000001.tar", f"{field} indices outside", "poke-rl prep")
 
 
+@pytest.mark.parametrize(("field", "named"), [("flags", "flag bits beyond its 166 flag columns"),
+                                              ("mask", "mask byte other than 0 or 1")])
+def test_a_flag_bit_or_mask_byte_that_holds_no_data_is_named(field: str, named: str, tmp_path: Path) -> None:
+    """166 flags fill 21 bytes but the last byte's top 2 bits; a bit set there (or a mask byte
+    of 2) decodes to nothing the writer stored: corruption, named even with a matching sha256."""
+    shards = write_synthetic_shards(tmp_path / "bad", train_shards=1, val_shards=1,
+                                    blocks_per_shard=1, block_size=64)  # fmt: skip
+
+    def edit(block: S.Block) -> None:
+        block.states[field][9, -1] |= 0x80 if field == "flags" else 2
+
+    path = _rewrite_block(shards, "train-000000.tar", edit)
+    with pytest.raises(ShardError, match=f"train-000000.tar block 000000 holds a? ?{named}"):
+        list(S.iter_blocks(path, sha256=M.load_manifest(shards)["splits"]["train"]["shards"][0]["sha256"]))
+
+
 @pytest.mark.parametrize("damage", ["num_order", "states_dtype", "missing_member"])
 def test_a_block_not_in_layout_v3_is_named(damage: str, tmp_path: Path) -> None:
     shards = write_synthetic_shards(tmp_path / "bad", train_shards=1, val_shards=1,
