@@ -12,8 +12,8 @@ scratch array, the states at their ``row``, the states at their ``next_row``), p
 field copies; nothing about the layout is rebuilt per batch.
 
 ``PackedBatch.unpack`` decodes those bytes on their device into today's ``Batch``: float32 ``num``
-in feature order (float16 columns cast and flag bits unpacked with shifts and ands by torch: on a
-GPU after the copy, which moves the compact bytes), int16 ids, int64 actions, bool done and masks.
+in feature order (float16 columns cast and flag bits looked up in a byte → 8 floats table by
+torch: on a GPU after the copy, which moves the compact bytes), int16 ids, int64 actions, bool done and masks.
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def batch_layout(rows: int, key: tuple[tuple[int, int, int, int], int, bytes]) -
 
 
 @functools.lru_cache(maxsize=8)
-def _bit_shifts(device: torch.device) -> torch.Tensor:
-    return torch.arange(8, dtype=torch.uint8, device=device)
+def _bit_table(device: torch.device) -> torch.Tensor:
+    """float32 [256, 8]: row b holds the bits of byte b, least significant first (0.0 / 1.0)."""
+    byte = torch.arange(256, dtype=torch.int32)
+    return ((byte.unsqueeze(1) >> torch.arange(8, dtype=torch.int32)) & 1).float().to(device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,32 +104,33 @@ class PackedBatch(NamedTuple):
 
 
 def decode(data: torch.Tensor, layout: BatchLayout) -> Batch:
-    """Storage-dtype bytes → ``Batch`` (float32 ``num`` in feature order), on ``data``'s device."""
-    rows, width = layout.rows, layout.state_bytes
+    """Storage-dtype bytes → ``Batch`` (float32 ``num`` in feature order), on ``data``'s device.
+    On a CPU each torch call costs a few µs whatever its size, so the calls are few (~30)."""
+    rows, width, device = layout.rows, layout.state_bytes, data.device
     states = data[: 2 * rows * width].view(2 * rows, width)
-
-    def group(place: tuple[int, int], dtype: torch.dtype, itemsize: int) -> torch.Tensor:
-        start, count = place
-        return states[:, start : start + count * itemsize].view(dtype)
-
+    (full_at, full), (half_at, half), (ids_at, id_count) = layout.full, layout.half, layout.ids
+    (flags_at, flag_bytes), (mask_at, actions), flags = layout.flags, layout.mask, layout.flag_columns
     # the stored columns side by side (copy_ casts as it copies; measured ~1.4x faster than
     # torch.cat of cast groups on CPU), then one gather of the columns into feature order
-    full, half, flags = layout.full[1], layout.half[1], layout.flag_columns
-    stored = torch.empty(2 * rows, full + half + flags, dtype=torch.float32, device=data.device)
-    stored[:, :full].copy_(group(layout.full, torch.float32, 4))
-    stored[:, full : full + half].copy_(group(layout.half, torch.float16, 2))
-    # flag j is bit j % 8 of byte j // 8 (storage.py): [2B, bytes, 8] bits, the first G of them
-    bits = group(layout.flags, torch.uint8, 1).unsqueeze(-1).bitwise_right_shift(_bit_shifts(data.device))
-    stored[:, full + half :].copy_(bits.bitwise_and_(1).view(2 * rows, -1)[:, :flags])
-    num = stored.index_select(1, _inverse_order(layout.num_order, data.device))
-    ids = group(layout.ids, torch.int16, 2).contiguous()
+    stored = torch.empty(2 * rows, full + half + flags, dtype=torch.float32, device=device)
+    if full:
+        stored[:, :full].copy_(states[:, full_at : full_at + 4 * full].view(torch.float32))
+    if half:
+        stored[:, full : full + half].copy_(states[:, half_at : half_at + 2 * half].view(torch.float16))
+    if flags:  # flag j is bit j % 8 of byte j // 8 (storage.py): each byte's 8 bits looked up as
+        # floats in a 256-row table (measured ~2x faster than shifts and ands, or numpy's unpackbits)
+        index = states[:, flags_at : flags_at + flag_bytes].int().view(-1)
+        stored[:, full + half :].copy_(_bit_table(device).index_select(0, index).view(2 * rows, -1)[:, :flags])
+    num = stored.index_select(1, _inverse_order(layout.num_order, device))
+    ids = states[:, ids_at : ids_at + 2 * id_count].view(torch.int16).contiguous()
     # 0/1 bytes (checked on read) viewed as bool: ``!= 0`` on this strided view costs ~20x more
-    mask = group(layout.mask, torch.uint8, 1).view(torch.bool).contiguous()
+    mask = states[:, mask_at : mask_at + actions].view(torch.bool).contiguous()
     start = layout.transitions_offset
-    action = data[start : start + 8 * rows].view(torch.int64)
-    reward = data[start + 8 * rows : start + 12 * rows].view(torch.float32)
-    done = data[start + 12 * rows : start + 13 * rows].view(torch.bool)  # 0/1: checked on read
-    return Batch(ids[:rows], num[:rows], ids[rows:], num[rows:], action, reward, done, mask[:rows], mask[rows:])
+    action, reward, done = data[start : start + _PER_TRANSITION_BYTES * rows].split((8 * rows, 4 * rows, rows))
+    (ids, next_ids), (num, next_num), (mask, next_mask) = ids.chunk(2), num.chunk(2), mask.chunk(2)
+    # done: 0/1 bytes, checked on read
+    return Batch(ids, num, next_ids, next_num, action.view(torch.int64), reward.view(torch.float32),
+                 done.view(torch.bool), mask, next_mask)  # fmt: skip
 
 
 class PackedGroup(NamedTuple):

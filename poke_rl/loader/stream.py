@@ -290,6 +290,10 @@ class Loader:
         self._dataloader.generator.manual_seed(int(seeds.generate_state(1)[0]))
         return self._dataloader
 
+    def _in_process(self) -> Iterator[PackedGroup]:
+        for group in iter(self.dataset):
+            yield group._replace(data=group.data.pin_memory()) if self._pin_memory else group
+
     def packed(self) -> Iterator[PackedBatch]:
         """The rest of the current epoch as ``PackedBatch``es, in the plan's order."""
         if self.batches_done >= len(self):
@@ -302,8 +306,11 @@ class Loader:
         wanted = next(order, None)
         if wanted is None:
             return
+        # 0 workers: the stream itself, in this process (the DataLoader's per-batch bookkeeping,
+        # its profiler hooks and fetcher, cost ~60 µs a batch: measured, pipelines.bench_loader)
+        groups = self._loader() if self.config.num_workers else self._in_process()
         try:
-            for group in self._loader():
+            for group in groups:
                 pending[group.worker].extend(group.split())
                 while wanted is not None and pending[wanted]:
                     batch = pending[wanted].popleft()

@@ -330,17 +330,25 @@ def test_each_shard_is_hashed_once_per_process(small: Path, monkeypatch: pytest.
         return real(data)
 
     monkeypatch.setattr(S, "sha256_of", counting)
+    checks: list[str] = []  # the value checks of the blocks, as the hash: once per file state
+    real_values = S._check_values
+    monkeypatch.setattr(S, "_check_values", lambda *args: (checks.append(args[3]), real_values(*args)))
     loader = L.train_loader(small, FINGERPRINT, L.LoaderConfig(batch_size=10))
     first = [uids(b) for b in loader]
-    second = [uids(b) for b in loader]  # the next epoch: no shard is hashed again
-    assert len(calls) == 3 and first != second
+    blocks = len(checks)
+    second = [uids(b) for b in loader]  # the next epoch: no shard is hashed or checked again
+    assert len(calls) == 3 and first != second and blocks >= 3 and len(checks) == blocks
+    S.forget_verified()
+    assert [uids(b) for b in loader] and len(checks) == 2 * blocks and len(calls) == 6
+    assert len(read_all(small, verify=False)) == 24 and len(checks) == 3 * blocks  # unverified: checked
+    hashed = len(calls)
     # a shard rewritten in place (new mtime) is verified again, and the change is caught; only it
     # is hashed again (ahead of its read, and once more at the read that names the damage)
     changed = small / "tensors" / "train-000001.tar"
     flip_payload_byte(changed)
     with pytest.raises(ShardError, match="train-000001.tar.*sha256"):
         list(loader)
-    assert len(calls) > 3 and set(calls[3:]) == {changed.stat().st_size}
+    assert len(calls) > hashed and set(calls[hashed:]) == {changed.stat().st_size}
 
 
 def test_verify_off_reads_the_changed_bytes(small: Path) -> None:
