@@ -1,6 +1,7 @@
 """Benchmark: ``poke-rl prep`` throughput, scaling, rebuild, memory and storage.
 
     python -m pipelines.bench_prep --size-mb 1024 [--part-mb 256] [--reps 3] [--seed-mb 16]
+    python -m pipelines.bench_prep --rebuild-only --size-mb 128 --part-mb 32 --reps 2
 
 Makes the corpus once (``pipelines.generate``, realistic battles with a few bad lines of every
 kind) into ``bench-data/`` (git-ignored) as parts of ``--part-mb``, then measures, on this
@@ -17,6 +18,8 @@ machine in this run:
 - peak RSS of the whole prep process tree (main + workers, polled from /proc) on one part and on
   four parts (flat = streaming);
 - tensor-shard bytes over the raw bytes of the arrays they hold.
+
+With ``--rebuild-only``, only the rebuild against a full prep (one table row).
 
 With ``--ray``, only this instead (one run each, ``--reps`` ignored): prep with 2 local workers
 against prep on a local Ray cluster of 2 logical CPUs (``ray.init(num_cpus=2)`` in the same
@@ -246,6 +249,19 @@ def raw_array_bytes(manifest: dict) -> int:
     return row * manifest["counts"]["transitions"]
 
 
+def rebuild_vs_full(corpus: list[Path], out: Path, reps: int) -> tuple[Spread, Spread, Spread, Spread]:
+    """(rebuild wall, full wall, rebuild CPU, full CPU) of a tensors-only rebuild after a
+    preprocessor change and of a full prep with the same change, 1 worker, one after the other
+    ``reps`` times (another ``FeatureConfig`` each time: the shards are always stale)."""
+    rebuilds, fulls = [], []
+    for rep in range(reps):
+        run_measured(prep_cmd(corpus, out, 1))  # default config, inputs hashed and remembered
+        rebuilds.append(run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep, expect="tensors")))
+        fulls.append(run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep)))
+    return (Spread.of(r[0] for r in rebuilds), Spread.of(r[0] for r in fulls),
+            Spread.of(r[2] for r in rebuilds), Spread.of(r[2] for r in fulls))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="corpus size (a multiple of --part-mb)")
@@ -255,8 +271,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=REPO / "bench-data")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ray", action="store_true", help="only: 2 local workers vs a 2-CPU Ray cluster")
+    parser.add_argument("--rebuild-only", action="store_true", help="only: the rebuild against a full prep")
     args = parser.parse_args(argv)
     parts = max(1, args.size_mb // args.part_mb)
+    if args.rebuild_only:
+        corpus = corpus_parts(args.cache, parts, args.part_mb, args.seed)
+        load = os.getloadavg()
+        rebuild_wall, full_wall, rebuild_cpu, full_cpu = rebuild_vs_full(corpus, args.cache / "out", args.reps)
+        print(f"`python -m pipelines.bench_prep {' '.join(sys.argv[1:] if argv is None else argv)}`: "
+              f"{sum(p.stat().st_size for p in corpus) / 1e6:,.0f} MB of JSONL; load {load[0]:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after\n\n| rebuild after a preprocessor change, 1 worker | "
+              f"{rebuild_wall.text('.1f')} s vs full prep {full_wall.text('.1f')} s ({rebuild_cpu.text('.1f')} vs "
+              f"{full_cpu.text('.1f')} CPU-s) | {full_wall.median / rebuild_wall.median:.2f} × faster, "
+              f"{full_cpu.median / rebuild_cpu.median:.2f} × less CPU (aim ≥ 3) |")  # fmt: skip
+        return
     if args.ray:
         corpus = corpus_parts(args.cache, parts, args.part_mb, args.seed)
         command = f"python -m pipelines.bench_prep --ray --size-mb {args.size_mb} --part-mb {args.part_mb}"
@@ -286,17 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     transitions = manifest["counts"]["transitions"]
     shard_bytes = sum(e["bytes"] for s in SPLITS for e in manifest["splits"][s]["shards"])
 
-    rebuild_times, full_times = [], []
-    for rep in range(args.reps):  # another FeatureConfig each time: the shards are always stale
-        run_measured(prep_cmd(corpus, out, 1))  # default config, inputs hashed and remembered
-        rebuild_times.append(
-            run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep, expect="tensors"))
-        )
-        full_times.append(run_measured(prep_cmd(corpus, out, 1, turn_scale=50.0 + rep)))
-    rebuild_wall = Spread.of(r[0] for r in rebuild_times)
-    full_wall = Spread.of(r[0] for r in full_times)
-    rebuild_cpu = Spread.of(r[2] for r in rebuild_times)
-    full_cpu = Spread.of(r[2] for r in full_times)
+    rebuild_wall, full_wall, rebuild_cpu, full_cpu = rebuild_vs_full(corpus, out, args.reps)
 
     peak_rss = {  # (parts, workers) -> peak RSS of the prep tree, over the repetitions, in MiB
         (count, workers): Spread.of(
