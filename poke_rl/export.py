@@ -326,9 +326,7 @@ class Policy:
         the best legal one at temperature 0, else a draw from softmax(logits / temperature)
         over the legal actions with ``self.generator``; ``top2`` = ε: the second-best legal
         action with probability ε (``poke_rl.policy.explore_action``). PokeRLError on an
-        invalid observation."""
-        if not temperature >= 0.0:
-            raise PokeRLError(f"temperature must be >= 0, got {temperature}")
+        invalid observation or exploration setting (``explore_action`` checks the latter)."""
         mask = [bool(legal) for legal in mask]
         if len(mask) != NUM_ACTIONS:
             raise PokeRLError(f"mask has {len(mask)} entries, expected {NUM_ACTIONS}")
