@@ -72,11 +72,13 @@ WIDTH = len(feature_names())
 class MatchupTables:
     """The dex and the random-battle sets as arrays: ``base`` [S, 6] int64 base stats (hp atk
     def spa spd spe), ``types`` [S, 2], ``level`` [S] (random-battle level, else 100), move facts
-    [M] (``kind``, ``category``, ``power``, ``accuracy``, ``priority``, ``hits``; ``damaging``),
+    [M] (``kind``, ``category``, ``physical``, ``power``, ``accuracy``, ``priority``, ``hits``; ``damaging``),
     ``chart`` [19, 19] float64, ``defending`` [S + 19, 19] (row s < S: the multiplier species s
-    takes from each attacking type, the product over its types, which are powers of two, so
-    exactly ``matchup``'s sequential product; row S + t: a Pokemon terastallized into type t),
-    ``pools`` [S, K, P] movepools (0-padded), ``pool_valid`` [S, K]
+    takes from each attacking type, the product over its types, which are powers of two (checked),
+    so exactly ``matchup``'s sequential product; row 0, an unknown species, zeros; row S + t: a
+    Pokemon terastallized into type t),
+    ``unique`` [S, W] the distinct moves of a species' sets (0-padded, ``width`` [S] of them),
+    ``member`` [S, W, K] whether set k holds distinct move w, ``pool_valid`` [S, K]
     and ``weights`` [P + 1, 5, P]: weight of the i-th best of ``n`` candidates when ``free`` are
     drawn, ``comb(n-1-i, free-1) / comb(n, free)`` as ``matchup`` computes it."""
 
@@ -85,6 +87,7 @@ class MatchupTables:
     level: np.ndarray
     kind: np.ndarray
     category: np.ndarray
+    physical: np.ndarray
     power: np.ndarray
     accuracy: np.ndarray
     priority: np.ndarray
@@ -92,7 +95,9 @@ class MatchupTables:
     damaging: np.ndarray
     chart: np.ndarray
     defending: np.ndarray
-    pools: np.ndarray
+    unique: np.ndarray
+    member: np.ndarray
+    width: np.ndarray
     pool_valid: np.ndarray
     weights: np.ndarray
 
@@ -112,14 +117,22 @@ class MatchupTables:
         damaging[0] = False
         k = max((len(v) for v in sets.values()), default=1)
         p = max((len(pool) for v in sets.values() for pool in v), default=1)
-        pools = np.zeros((species, k, p), dtype=np.intp)
         valid = np.zeros((species, k), dtype=bool)
+        distinct: dict[int, list[int]] = {}
         for sid, pool_list in sets.items():
-            if not 0 < sid < species:
-                continue
-            for j, pool in enumerate(pool_list):
-                pools[sid, j, : len(pool)] = [m if 0 < m < len(move) else 0 for m in pool]
-                valid[sid, j] = True
+            if 0 < sid < species:
+                valid[sid, : len(pool_list)] = True
+                moves = (m for pool in pool_list for m in pool if 0 < m < len(move))
+                distinct[sid] = list(dict.fromkeys(moves))
+        w = max((len(v) for v in distinct.values()), default=1)
+        unique = np.zeros((species, w), dtype=np.intp)
+        member = np.zeros((species, w, k), dtype=bool)
+        width = np.zeros(species, dtype=np.intp)
+        for sid, moves in distinct.items():
+            unique[sid, : len(moves)] = moves
+            width[sid] = len(moves)
+            for j, pool in enumerate(sets[sid]):
+                member[sid, : len(moves), j] = np.isin(moves, pool)
         weights = np.zeros((p + 1, NUM_MOVES + 1, p), dtype=np.float64)
         for n in range(1, p + 1):
             for free in range(1, NUM_MOVES + 1):
@@ -133,9 +146,13 @@ class MatchupTables:
             present = types[:, k] > 0
             defending[:species][present] *= chart[:, types[present, k]].T
         defending[species + 1 :] = chart[:, 1:].T
-        tables = cls(base, types, level, move[:, 0].astype(np.intp), category, move[:, 2],
+        defending[0] = 0.0  # an unknown defender takes nothing
+        if not np.all((defending == 0) | (np.frexp(defending)[0] == 0.5)):
+            raise ValueError("type multipliers must be powers of two or 0")
+        tables = cls(base, types, level, move[:, 0].astype(np.intp), category, category == PHYSICAL,
+                     move[:, 2],
                      move[:, 3], move[:, 4], move[:, 5], damaging, chart,
-                     np.ascontiguousarray(defending), pools, valid, weights)
+                     np.ascontiguousarray(defending), unique, member, width, valid, weights)
         for array in vars(tables).values():
             array.setflags(write=False)
         return tables
@@ -172,7 +189,10 @@ class _Mon:
     status: np.ndarray
     types: np.ndarray  # [..., 2] STAB types (tera: (tera, 0))
     hp: np.ndarray
-    defending: np.ndarray  # row of ``MatchupTables.defending``
+    offset: np.ndarray  # its row of ``MatchupTables.defending``, times the row length
+    attack: np.ndarray  # [..., 2] boosted atk, spa
+    guard: np.ndarray  # [..., 2] boosted def, spd
+    factor: np.ndarray  # the level term of the damage formula, floor(2 * level / 5 + 2)
 
 
 def _mon(t: MatchupTables, species: np.ndarray, level: np.ndarray, stats: np.ndarray | None,
@@ -191,39 +211,54 @@ def _mon(t: MatchupTables, species: np.ndarray, level: np.ndarray, stats: np.nda
         types = np.where((tera > 0)[..., None], tera_types, types)
         defending = np.where(tera > 0, len(t.base) + tera, species)
     hp = ((2 * base[..., 0] + 52) * level // 100 + level + 10).astype(np.float64)
-    return _Mon(species, level, estimated, multipliers, status, types, hp, defending)
+    boosted = estimated * multipliers
+    return _Mon(species, level, estimated, multipliers, status, types, hp,
+                defending * t.defending.shape[1], boosted[..., [ATK, SPA]],
+                boosted[..., [DEF, SPD]], np.floor(2 * level / 5 + 2))
 
 
 def _damage(t: MatchupTables, attacker: _Mon, defender: _Mon, move: np.ndarray) -> np.ndarray:
     """``matchup.expected_damage`` of ``move`` (ids, [..., X]) with attacker and defender fields
-    broadcast against it (give them a trailing axis of 1)."""
-    category = np.take(t.category, move)
-    physical = category == PHYSICAL
-    a = np.where(physical, attacker.stats[..., ATK, None] * attacker.boosts[..., ATK, None],
-                 attacker.stats[..., SPA, None] * attacker.boosts[..., SPA, None])
-    d = np.where(physical, defender.stats[..., DEF, None] * defender.boosts[..., DEF, None],
-                 defender.stats[..., SPD, None] * defender.boosts[..., SPD, None])
-    power = np.take(t.power, move)
-    factor = np.floor(2 * attacker.level[..., None] / 5 + 2)
-    base = np.floor(np.floor(factor * power * a / d) / 50) + 2
+    broadcast against it (give them a trailing axis of 1).
+
+    The attacker's and the move's terms are computed on their own (small) shape and the
+    defender's joined once. The type multiplier is a power of two or 0 (``MatchupTables``), so
+    applying it last, and the burn's 0.5 before it, gives ``matchup``'s products bit for bit;
+    a status move or an unknown species is a multiplier of 0 (``defending``'s row 0 is zeros).
+    """
+    physical = np.take(t.physical, move)
+    a = np.where(physical, attacker.attack[..., 0, None], attacker.attack[..., 1, None])
+    numerator = attacker.factor[..., None] * np.take(t.power, move) * a
     kind = np.take(t.kind, move)
     stab = ((kind == attacker.types[..., 0, None]) | (kind == attacker.types[..., 1, None])) & (
         kind > 0)
     modifier = np.where(stab, RANDOM_ROLL * STAB, RANDOM_ROLL)
-    columns = t.defending.shape[1]
-    modifier = modifier * np.take(t.defending, defender.defending[..., None] * columns + kind)
-    burned = physical & (attacker.status[..., None] == BURN)
-    modifier = np.where(burned, modifier * 0.5, modifier)
-    value = base * modifier * np.take(t.hits, move) * (np.take(t.accuracy, move) / 100)
-    value = value / defender.hp[..., None]
-    known = (attacker.species[..., None] > 0) & (defender.species[..., None] > 0)
-    return np.where(np.take(t.damaging, move) & known, value, 0.0)
+    modifier = np.where(physical & (attacker.status[..., None] == BURN), modifier * 0.5, modifier)
+    modifier = np.where(np.take(t.damaging, move) & (attacker.species[..., None] > 0), modifier, 0)
+    value = np.divide(numerator, np.where(physical, defender.guard[..., 0, None],
+                                          defender.guard[..., 1, None]))
+    np.floor(value, out=value)
+    value /= 50
+    np.floor(value, out=value)
+    value += 2
+    value *= modifier
+    value *= np.take(t.defending, defender.offset[..., None] + kind)
+    value *= np.take(t.hits, move)
+    value *= np.take(t.accuracy, move) / 100
+    value /= defender.hp[..., None]
+    return value
+
+
+def _rows(mon: _Mon, rows: np.ndarray) -> _Mon:
+    return _Mon(*(getattr(mon, f)[rows] for f in _FIELDS))
 
 
 def _prior_best(t: MatchupTables, attacker: _Mon, defender: _Mon, moves: np.ndarray
                 ) -> np.ndarray:
     """``matchup.best_damage(attacker, defender, prior=True)`` for n attackers with revealed
-    ``moves`` [n, 4] against defenders [n, D]: [n, D]."""
+    ``moves`` [n, 4] against defenders [n, D]: [n, D]. The prior runs only on rows that need it
+    (fewer than 4 distinct moves revealed, a species with sets), grouped by how many distinct
+    moves the species' sets hold (``WIDTH_GROUPS``) so that little padding is computed."""
     n = len(moves)
     known = _damage(t, attacker, defender, moves[:, None, :]).max(axis=-1)  # [n, D]
     nonzero = moves > 0
@@ -232,28 +267,50 @@ def _prior_best(t: MatchupTables, attacker: _Mon, defender: _Mon, moves: np.ndar
         first[:, j] = ~(moves[:, :j] == moves[:, j, None]).any(axis=1)
     free = NUM_MOVES - (nonzero & first).sum(axis=1)  # [n]
     species = attacker.species.reshape(n)
-    pools = np.take(t.pools, species, axis=0)  # [n, K, P]
-    valid = np.take(t.pool_valid, species, axis=0)  # [n, K]
-    revealed = (pools[..., None] == moves[:, None, None, :]) & nonzero[:, None, None, :]
-    in_pool = revealed.any(axis=2) | ~nonzero[:, None, :]  # [n, K, 4]
-    consistent = valid & in_pool.all(axis=2)
+    need = np.flatnonzero((free > 0) & (t.width[species] > 0))
+    if need.size == 0:
+        return known
+    widths = t.width[species[need]]
+    low = 0
+    for high in WIDTH_GROUPS:
+        rows = need[(widths > low) & (widths <= high)]
+        low = high
+        if rows.size:
+            known[rows] = _prior_rows(t, _rows(attacker, rows), _rows(defender, rows),
+                                      moves[rows], free[rows], known[rows], high)
+    return known
+
+
+def _prior_rows(t: MatchupTables, attacker: _Mon, defender: _Mon, moves: np.ndarray,
+                free: np.ndarray, known: np.ndarray, width: int) -> np.ndarray:
+    """The prior of ``_prior_best`` on rows whose species hold at most ``width`` distinct moves
+    in their sets: each distinct move's damage once, then per set the expected best of the draw
+    (its candidates sorted, in ``matchup``'s order of operations)."""
+    n = len(moves)
+    species = attacker.species.reshape(n)
+    unique = t.unique[species, :width]  # [n, W]
+    member = t.member[species, :width]  # [n, W, K]
+    valid = t.pool_valid[species]  # [n, K]
+    nonzero = moves > 0
+    hit = (unique[:, :, None] == moves[:, None, :]) & nonzero[:, None, :]  # [n, W, 4]
+    in_set = (hit[:, :, :, None] & member[:, :, None, :]).any(axis=1)  # [n, 4, K]
+    consistent = valid & (in_set | ~nonzero[:, :, None]).all(axis=1)
     consistent = np.where(consistent.any(axis=1, keepdims=True), consistent, valid)
-    others = (pools > 0) & ~revealed.any(axis=3)  # [n, K, P]
-    count = others.sum(axis=2)  # [n, K]
-    value = _damage(t, attacker, defender, pools[:, None, :, :].reshape(n, 1, -1))
-    value = np.where(others.reshape(n, 1, -1), value, -1.0).reshape(n, -1, *pools.shape[1:])
-    ordered = -np.sort(-value, axis=-1)  # [n, D, K, P] descending, padding (-1) last
+    others = member & ~hit.any(axis=2)[:, :, None]  # [n, W, K]: candidates of each set
+    count = others.sum(axis=1)  # [n, K]
+    value = _damage(t, attacker, defender, unique[:, None, :])  # [n, D, W]
     weights = t.weights[count, np.minimum(free, NUM_MOVES)[:, None]]  # [n, K, P]
-    total = np.zeros(ordered.shape[:3], dtype=np.float64)
-    for i in range(ordered.shape[-1]):
-        total = total + weights[:, None, :, i] * np.maximum(known[..., None], ordered[..., i])
-    total = np.where((count > 0)[:, None, :], total, known[..., None])
     summed = np.zeros(known.shape, dtype=np.float64)
-    for k in range(total.shape[-1]):
-        summed = summed + np.where(consistent[:, None, k], total[..., k], 0.0)
-    mean = summed / np.maximum(consistent.sum(axis=1), 1)[:, None]
-    use_prior = (free > 0)[:, None] & valid.any(axis=1)[:, None]
-    return np.where(use_prior, mean, known)
+    for k in range(member.shape[-1]):
+        if not consistent[:, k].any():
+            continue  # adds 0.0 to every row
+        ordered = -np.sort(-np.where(others[:, None, :, k], value, -1.0), axis=-1)
+        total = np.zeros(known.shape, dtype=np.float64)
+        for i in range(int(count[:, k].max(initial=0))):  # weights beyond a set's size are 0
+            total = total + weights[:, None, k, i] * np.maximum(known, ordered[..., i])
+        total = np.where((count[:, k] > 0)[:, None], total, known)
+        summed = summed + np.where(consistent[:, k, None], total, 0.0)
+    return summed / np.maximum(consistent.sum(axis=1), 1)[:, None]
 
 
 def _speed(mon: _Mon, tailwind: np.ndarray) -> np.ndarray:
@@ -269,7 +326,8 @@ def _first(ours: np.ndarray, theirs: np.ndarray, our_priority: np.ndarray,
     return np.where(our_priority != 0, (our_priority > 0).astype(np.float64), by_speed)
 
 
-CHUNK_ROWS = 512  # rows per pass: keeps the [rows, 7, 30] float64 temporaries in cache
+CHUNK_ROWS = 4096  # rows per pass: keeps the [rows, 7, W] float64 temporaries in cache
+WIDTH_GROUPS = (5, 7, 10, 1_000)  # the prior's row groups by distinct moves of the species' sets
 
 
 def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
@@ -341,4 +399,5 @@ def _encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables
     out[:, 19] = share
 
 
-_FIELDS = ("species", "level", "stats", "boosts", "status", "types", "hp", "defending")
+_FIELDS = ("species", "level", "stats", "boosts", "status", "types", "hp", "offset", "attack",
+           "guard", "factor")
