@@ -211,14 +211,13 @@ class _Mon:
 
 
 def _mon(t: MatchupTables, species: np.ndarray, level: np.ndarray, stats: np.ndarray | None,
-         boosts: np.ndarray | None, status: np.ndarray, tera: np.ndarray | None) -> _Mon:
+         multipliers: np.ndarray, status: np.ndarray, tera: np.ndarray | None) -> _Mon:
+    """``multipliers``: [5, ...] the boosts' (``_multiplier``)."""
     level = np.where(level > 0, level, np.take(t.level, species)).astype(np.int64)
     base = np.take(t.base_columns, species, axis=1)  # [6, ...]
     estimated = _estimated(base[1:], level)
     if stats is not None:
         estimated = np.where(stats > 0, stats.astype(np.float64), estimated)
-    multipliers = (_multiplier(boosts[:5]) if boosts is not None
-                   else np.ones(estimated.shape, dtype=np.float64))
     types = np.take(t.type_columns, species, axis=1)
     defending = species
     if tera is not None:
@@ -311,13 +310,15 @@ def _prior_rows(t: MatchupTables, attacker: _Mon, defender: _Mon, moves: np.ndar
     count = others.sum(axis=1)  # [K, n]
     value = _damage(t, attacker.up(2), defender.up(1), unique[None])  # [D, W, n]
     weights = t.weights[:, count, np.minimum(free, NUM_MOVES)]  # [P, K, n]
+    # the best drawn of c candidates, d drawn, is among the c - d + 1 best: weights beyond are 0
+    terms = (count - np.minimum(count, free)).max(axis=1, initial=-1) + 1  # [K]
     summed = np.zeros(known.shape, dtype=np.float64)
     for k in range(len(member)):
         if not consistent[k].any():
             continue  # adds 0.0 to every row
         ordered = -np.sort(-np.where(others[k], value, -1.0), axis=1)
         total = np.zeros(known.shape, dtype=np.float64)
-        for i in range(int(count[k].max(initial=0))):  # weights beyond a set's size are 0
+        for i in range(int(terms[k])):
             total = total + weights[i, k] * np.maximum(known, ordered[:, i])
         total = np.where(count[k] > 0, total, known)
         summed = summed + np.where(consistent[k], total, 0.0)
@@ -378,11 +379,11 @@ def _encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables
     ours_species = np.concatenate([own[None], team])  # [7, n]
     ours_level = np.concatenate([active_level[None], levels])
     ours_stats = np.concatenate([active_stats[:, None], stats.transpose(1, 0, 2)], axis=1)
-    boosts = np.zeros((5, 1 + TEAM_SIZE, n), dtype=np.int64)
-    boosts[:, 0] = sources["active_boosts"][:5]
+    boosts = np.ones((5, 1 + TEAM_SIZE, n), dtype=np.float64)  # only the active's are known
+    boosts[:, 0] = _multiplier(sources["active_boosts"][:5])
     status = np.concatenate([sources["active_status"], sources["team_status"]])
     ours = _mon(t, ours_species, ours_level, ours_stats, boosts, status, None)
-    theirs = _mon(t, opp, opp_level, None, sources["opp_active_boosts"],
+    theirs = _mon(t, opp, opp_level, None, _multiplier(sources["opp_active_boosts"][:5]),
                   sources["opp_active_status"][0], tera)
     threat = _prior_best(t, theirs, ours, opp_moves)  # [7, n]
 
