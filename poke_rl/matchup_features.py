@@ -17,10 +17,16 @@ Damage fractions are clipped to ``DAMAGE_CLIP``. Every value is 0 when a species
 unknown (so the all-zero terminal observation still featurises to zeros).
 
 The numbers follow ``poke_rl.matchup`` operation for operation in float64 (the floors of the
-damage formula, the order of products and sums), then round once to float32, so they equal the
-scalar functions' results rounded to float32 (``tests/features/test_matchup_features.py``). As
+damage formula, the order of products and sums; only multiplications by powers of two, the type
+chart's and the burn's, move, which rounds the same), then round once to float32, so they equal
+the scalar functions' results rounded to float32 (``tests/features/test_matchup_features.py``). As
 with ``dex.encode``, ``encode`` is the one implementation of both feature paths (the
 per-observation path calls it on a one-row block), which keeps them bitwise equal.
+
+Speed (``pipelines/bench_features.py``): arrays keep the rows on the last axis ([7 of ours, moves,
+rows]), so numpy's broadcasting runs long inner loops; the set prior runs only on rows that need
+it, computes each distinct move of a species' sets once, and groups rows by how many such moves
+there are (``WIDTH_GROUPS``) to bound the padding.
 
 What a Side carries here: a level (``team_level`` / ``opp_team_level`` when known, else the
 species' random-battle level, else 100), actual stats for our own team when ``team_stats`` holds
@@ -338,7 +344,7 @@ def _first(ours: np.ndarray, theirs: np.ndarray, our_priority: np.ndarray,
     return np.where(our_priority != 0, (our_priority > 0).astype(np.float64), by_speed)
 
 
-CHUNK_ROWS = 4096  # rows per pass: keeps the [7, W, rows] float64 temporaries in cache
+CHUNK_ROWS = 2048  # rows per pass: keeps the [7, W, rows] float64 temporaries in cache
 WIDTH_GROUPS = (5, 7, 10, 1_000)  # the prior's row groups by distinct moves of the species' sets
 
 
