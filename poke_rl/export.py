@@ -139,11 +139,7 @@ def export_policy(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     """Write ``checkpoint``'s policy to ``out`` as TorchScript with its metadata (atomically);
     returns the metadata. PokeRLError if the checkpoint is unusable, was trained on other
     features, or ``out`` is the checkpoint itself or another kind of file."""
-    checkpoint, out = Path(checkpoint), Path(out)
-    check_export_target(checkpoint, out, is_exported_policy)
-    preprocessor = Preprocessor()
-    state, algorithm = load_algorithm(checkpoint, preprocessor, torch.device("cpu"))
-    module = masked_logits(algorithm)
+    out, preprocessor, module, metadata = prepare_export(checkpoint, out, is_exported_policy)
     example = example_inputs(preprocessor, rows=8, seed=0)
     with torch.no_grad(), _torchscript():
         traced = torch.jit.trace(module, example, _store_inputs=False)
@@ -152,12 +148,24 @@ def export_policy(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         for ids in (check[0], check[0].long()):
             if not torch.equal(traced(ids, *check[1:]), module(ids, *check[1:])):
                 raise RuntimeError("the traced policy differs from the checkpoint's networks")
-    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)),
-                "checkpoint": str(checkpoint)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as handle, _torchscript():
         torch.jit.save(traced, handle, _extra_files={METADATA_FILE: orjson.dumps(metadata)})
     return metadata
+
+
+def prepare_export(checkpoint: str | Path, out: str | Path, is_policy: Callable[[Path], bool]
+                   ) -> tuple[Path, Preprocessor, MaskedLogits, dict[str, Any]]:
+    """What both exporters start from: ``out`` checked (``check_export_target``), the installed
+    preprocessor, the checkpoint's ``MaskedLogits`` (PokeRLError if it was trained on other
+    features) and its metadata, which names the checkpoint and its sha256."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    check_export_target(checkpoint, out, is_policy)
+    preprocessor = Preprocessor()
+    state, algorithm = load_algorithm(checkpoint, preprocessor, torch.device("cpu"))
+    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)),
+                "checkpoint": str(checkpoint)}
+    return out, preprocessor, masked_logits(algorithm), metadata
 
 
 def check_export_target(checkpoint: Path, out: Path, is_policy: Callable[[Path], bool]) -> None:
@@ -318,9 +326,7 @@ class Policy:
         the best legal one at temperature 0, else a draw from softmax(logits / temperature)
         over the legal actions with ``self.generator``; ``top2`` = ε: the second-best legal
         action with probability ε (``poke_rl.policy.explore_action``). PokeRLError on an
-        invalid observation."""
-        if not temperature >= 0.0:
-            raise PokeRLError(f"temperature must be >= 0, got {temperature}")
+        invalid observation or exploration setting (``explore_action`` checks the latter)."""
         mask = [bool(legal) for legal in mask]
         if len(mask) != NUM_ACTIONS:
             raise PokeRLError(f"mask has {len(mask)} entries, expected {NUM_ACTIONS}")

@@ -24,17 +24,9 @@ import orjson
 import torch
 
 from poke_rl.errors import PokeRLError
-from poke_rl.export import (
-    check_export_target,
-    checked_metadata,
-    example_inputs,
-    masked_logits,
-    policy_metadata,
-    sha256_of,
-)
+from poke_rl.export import checked_metadata, example_inputs, prepare_export
 from poke_rl.features import Preprocessor
 from poke_rl.files import atomic_file
-from poke_rl.policy import load_algorithm
 
 METADATA_KEY = "poke_rl_policy"
 INPUT_NAMES = ("ids", "num", "mask")
@@ -75,11 +67,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     the metadata. The exported graph is checked with onnxruntime, when installed, against the
     checkpoint's networks on inputs of another batch size. PokeRLError as ``export_policy``."""
     onnx, _ = _modules()
-    checkpoint, out = Path(checkpoint), Path(out)
-    check_export_target(checkpoint, out, is_onnx_policy)
-    preprocessor = Preprocessor()
-    state, algorithm = load_algorithm(checkpoint, preprocessor, torch.device("cpu"))
-    module = masked_logits(algorithm)
+    out, preprocessor, module, metadata = prepare_export(checkpoint, out, is_onnx_policy)
     example = example_inputs(preprocessor, rows=8, seed=0)
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad(), _quiet_exporter():
@@ -89,8 +77,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
             verbose=False,
         )
     proto = program.model_proto
-    metadata = {**policy_metadata(state, preprocessor, sha256_of(checkpoint)), "file": "onnx",
-                "checkpoint": str(checkpoint)}
+    metadata["file"] = "onnx"
     metadata["inputs"]["ids"]["dtype"] = "int16"
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, orjson.dumps(metadata).decode()

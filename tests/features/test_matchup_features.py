@@ -143,6 +143,11 @@ def test_vectorized_equals_the_scalar_functions_on_random_observations() -> None
         diff = np.abs(out[:, column] - want[:, column])
         assert diff.max() <= TOLERANCE, (names[column], int(diff.argmax()))
     assert (want[:, :7] > 0).mean() > 0.5 and (want[:, 7:14] > 0).mean() > 0.3  # real cases
+    # the set prior runs in row groups by the species' distinct set moves: every group ran
+    opp = np.array([v["opp_active_species_id"] for v in filled])
+    widths = T.width[np.where(opp < len(T.width), opp, 0)]
+    groups = np.searchsorted(np.array(mf.WIDTH_GROUPS), widths[widths > 0])
+    assert set(groups.tolist()) == set(range(len(mf.WIDTH_GROUPS)))
 
 
 def _one(**fields: Any) -> dict[str, float]:
