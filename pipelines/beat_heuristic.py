@@ -3,12 +3,16 @@
 
     .venv/bin/python pipelines/beat_heuristic.py --root runs/beat --rounds 2
     .venv/bin/python pipelines/beat_heuristic.py --root runs/beat --rounds 2 --league   # + league
+    .venv/bin/python pipelines/beat_heuristic.py --root runs/beat --rounds 3 --runs bc --model wide \
+        --with-heuristic   # later rounds also replay round 0's pairings; the wider network
 
 Round 0's data is the heuristic against itself with exploration (ε = 0.05 to 0.5 on one side or
 both, RESULTS.md's heuristic corpus). Round r ≥ 1 adds battles of round r − 1's best agent A
 exploring by its own preferences, never uniformly: ``A@TEMP`` (sampled from its softmax) and
 ``A:top2:EPS`` (its second choice with probability EPS) against the heuristic and against each
-other. Each round preps every round's trajectories so far (``prep`` of the trajectory files, not
+other; with ``--with-heuristic`` a later round also plays round 0's first four heuristic pairings
+again, one after each agent pairing (round 2 of RESULTS.md's second issue-21 session). Each round
+preps every round's trajectories so far (``prep`` of the trajectory files, not
 their replays), trains the runs of ``--runs`` (``RUNS``: BC, IQL at several β, IQL from BC's
 best.pt), evaluates each online against the panel (random, maxpower, heuristic and the previous
 round's best; ``--battles`` per pair against the heuristic and the previous best, ``--panel-battles``
@@ -49,7 +53,8 @@ AGENT_ROUNDS = (
     ("{A}@0.5", "heuristic:0.1"),
     ("{A}@1", "{A}:top2:0.2"),
 )
-MODEL = ["", "[model]", "embed_dim = 16", "hidden_sizes = [128, 128]", "embed_dropout = 0.0"]
+# --model: "small" is the first session's network; "wide" the second's (RESULTS.md, issue 21)
+MODELS = {"small": (16, 128), "wide": (32, 256)}  # name -> (embed_dim, width of both layers)
 # run name -> (algorithm, its options); IQL starts from the round's BC best.pt
 RUNS: dict[str, tuple[str, dict[str, float]]] = {
     "bc": ("bc", {}),
@@ -64,11 +69,15 @@ def round_dir(root: Path, index: int) -> Path:
     return root / f"round{index}"
 
 
-def pairings(index: int, agent: str | None) -> list[tuple[str, str]]:
-    """The (p1, p2) pairs round ``index`` collects (round 0: the heuristic's; later: ``agent``'s)."""
+def pairings(index: int, agent: str | None, with_heuristic: bool = False) -> list[tuple[str, str]]:
+    """The (p1, p2) pairs round ``index`` collects (round 0: the heuristic's; later: ``agent``'s,
+    each followed by one of round 0's pairings when ``with_heuristic``)."""
     if index == 0 or agent is None:
         return list(ROUND0)
-    return [(p1.format(A=agent), p2.format(A=agent)) for p1, p2 in AGENT_ROUNDS]
+    own = [(p1.format(A=agent), p2.format(A=agent)) for p1, p2 in AGENT_ROUNDS]
+    if not with_heuristic:
+        return own
+    return [pair for pairs in zip(own, ROUND0, strict=False) for pair in pairs]
 
 
 def chunk_name(chunk: int, p1: str, p2: str) -> str:
@@ -79,18 +88,19 @@ def chunk_name(chunk: int, p1: str, p2: str) -> str:
     return f"c{chunk}-{short(p1)}-vs-{short(p2)}.jsonl.gz"
 
 
-def collect(root: Path, index: int, battles: int, agent: str | None, serial: bool) -> None:
-    """The round's chunks, side by side unless ``serial`` (each collect has its own server)."""
+def collect(root: Path, index: int, agent: str | None, options: argparse.Namespace) -> None:
+    """The round's chunks, side by side unless ``--serial`` (each collect has its own server)."""
     corpus = round_dir(root, index) / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
+    battles = options.chunk_battles
     jobs = []
-    for chunk, (p1, p2) in enumerate(pairings(index, agent)):
+    for chunk, (p1, p2) in enumerate(pairings(index, agent, options.with_heuristic)):
         path = corpus / chunk_name(chunk, p1, p2)
         if not path.exists():  # collect writes a temporary file and renames it when done
             jobs.append((run, (["collect", str(path), "-n", str(battles), "--p1", p1, "--p2", p2,
                                 "--concurrency", "8", "--seed", str(1000 * index + chunk),
                                 "--no-progress"],)))
-    side_by_side(jobs, serial)
+    side_by_side(jobs, options.serial)
 
 
 def trajectory_files(root: Path, upto: int) -> list[Path]:
@@ -111,15 +121,17 @@ def prep(root: Path, index: int) -> Path:
     return shards
 
 
-def write_config(root: Path, name: str, steps: int) -> Path:
+def write_config(root: Path, name: str, steps: int, model: str = "small") -> Path:
     algo, params = RUNS[name]
+    embed, width = MODELS[model]
     lines = [f'algo = "{algo}"', f"steps = {steps}", "batch_size = 256", "lr = 1e-3",
              "warmup_steps = 200", "log_every = 100", f"eval_every = {max(250, steps // 10)}",
              "eval_batches = 50", "save_every = 1000", "snapshot_every = 0", 'device = "cpu"',
-             'best_metric = "accuracy"', 'best_mode = "max"', *MODEL]
+             'best_metric = "accuracy"', 'best_mode = "max"', "", "[model]",
+             f"embed_dim = {embed}", f"hidden_sizes = [{width}, {width}]", "embed_dropout = 0.0"]
     if params:
         lines += ["", f"[{algo}]", *(f"{key} = {value}" for key, value in params.items())]
-    path = root / "configs" / f"{name}-{steps}.toml"
+    path = root / "configs" / f"{name}-{steps}{'' if model == 'small' else '-' + model}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -132,12 +144,13 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
-def train_one(root: Path, index: int, shards: Path, name: str, steps: int) -> None:
+def train_one(root: Path, index: int, shards: Path, name: str, options: argparse.Namespace) -> None:
+    steps = options.steps
     here = round_dir(root, index)
     run_dir = here / name
     if any(record.get("step") == steps for record in metrics(run_dir)):
         return
-    args = ["train", str(shards), "--config", str(write_config(root, name, steps)),
+    args = ["train", str(shards), "--config", str(write_config(root, name, steps, options.model)),
             "--run-dir", str(run_dir), "--threads", "1", "--no-progress"]
     if (run_dir / "checkpoints" / "last.pt").exists():
         args.append("--resume")
@@ -189,14 +202,14 @@ def run_round(root: Path, index: int, options: argparse.Namespace) -> str:
     previous = None
     if index > 0:
         previous = run_round(root, index - 1, options)
-    collect(root, index, options.chunk_battles, previous, options.serial)
+    collect(root, index, previous, options)
     shards = prep(root, index)
     names = ["bc", *(name for name in options.runs.split(",") if name != "bc")]
-    train_one(root, index, shards, "bc", options.steps)
+    train_one(root, index, shards, "bc", options)
     rates: dict[str, float] = {}
 
     def train_and_evaluate(name: str) -> None:
-        train_one(root, index, shards, name, options.steps)
+        train_one(root, index, shards, name, options)
         rates[name] = evaluate_one(root, index, shards, name, options, previous)
 
     side_by_side([(train_and_evaluate, (name,)) for name in names], options.serial)
@@ -229,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="battles against the heuristic and the previous best")
     parser.add_argument("--panel-battles", type=int, default=200,
                         help="battles against random and maxpower")
+    parser.add_argument("--model", choices=sorted(MODELS), default="small",
+                        help="the network: small (embed 16, 128-128) or wide (embed 32, 256-256)")
+    parser.add_argument("--with-heuristic", action="store_true",
+                        help="later rounds also play round 0's heuristic pairings")
     parser.add_argument("--serial", action="store_true", help="one command at a time")
     parser.add_argument("--league", action="store_true", help="then a league of each round's best")
     parser.add_argument("--league-battles", type=int, default=200)

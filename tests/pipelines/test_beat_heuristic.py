@@ -114,3 +114,23 @@ def test_side_by_side_runs_the_same_commands(tmp_path: Path,
         return sorted(" ".join(args).replace(str(root), "ROOT") for args in commands)
 
     assert relative(serial.commands, tmp_path / "a") == relative(parallel.commands, tmp_path / "b")
+
+
+def test_with_heuristic_and_the_wide_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--with-heuristic interleaves round 0's pairings after each agent pairing of a later round;
+    --model wide writes its own configs with the wider network."""
+    assert beat_heuristic.pairings(1, "/r/a.pt", with_heuristic=True) == [
+        ("/r/a.pt@1", "heuristic"), ("heuristic:0.05", "heuristic:0.2"),
+        ("/r/a.pt:top2:0.2", "heuristic"), ("heuristic:0.1", "heuristic"),
+        ("/r/a.pt@0.5", "heuristic:0.1"), ("heuristic:0.3", "heuristic"),
+        ("/r/a.pt@1", "/r/a.pt:top2:0.2"), ("heuristic:0.2", "heuristic:0.05")]
+    assert beat_heuristic.pairings(0, None, with_heuristic=True) == list(beat_heuristic.ROUND0)
+    fake = FakePokeRL()
+    monkeypatch.setattr(beat_heuristic, "run", fake)
+    argv = [*options(tmp_path, 2), "--model", "wide", "--with-heuristic", "--runs", "bc"]
+    assert beat_heuristic.main(argv) == 0
+    collects = [args for args in fake.commands if args[0] == "collect"]
+    assert len(collects) == len(beat_heuristic.ROUND0) + 8
+    assert collects[-1][collects[-1].index("--p1") + 1] == "heuristic:0.2"
+    config = resolve_config("x", {}, tmp_path / "configs" / "bc-30-wide.toml")
+    assert (config.model["embed_dim"], tuple(config.model["hidden_sizes"])) == (32, (256, 256))
