@@ -219,7 +219,8 @@ class Loader:
 
     @property
     def pin_memory(self) -> bool:
-        """Whether batches arrive in page-locked memory (the DataLoader's pin thread)."""
+        """Whether batches arrive in page-locked memory (pinned by the DataLoader's pin thread
+        with workers, in this process with 0 workers: ``_in_process``)."""
         return self._pin_memory
 
     def pin(self) -> None:
