@@ -134,3 +134,31 @@ def test_with_heuristic_and_the_wide_model(tmp_path: Path, monkeypatch: pytest.M
     assert collects[-1][collects[-1].index("--p1") + 1] == "heuristic:0.2"
     config = resolve_config("x", {}, tmp_path / "configs" / "bc-30-wide.toml")
     assert (config.model["embed_dim"], tuple(config.model["hidden_sizes"])) == (32, (256, 256))
+
+
+def test_keep_won_preps_only_the_winners(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--keep won copies each trajectory file's winning trajectories (total_reward > 0) to
+    corpus/won/ and preps those; losers, ties and unreadable lines are dropped and counted."""
+    import gzip
+
+    lines = [orjson.dumps({"replay_id": f"b{i}", "player": "p1", "total_reward": reward})
+             for i, reward in enumerate((1.0, -1.0, 0.0, 1, True, "1"))]
+    corpus = tmp_path / "round0" / "corpus"
+    corpus.mkdir(parents=True)
+    for chunk, (p1, p2) in enumerate(beat_heuristic.ROUND0):  # collect finds every chunk there
+        with gzip.open(corpus / beat_heuristic.chunk_name(chunk, p1, p2), "wb") as out:
+            out.write(b"\n".join([*lines, b"{not json", b"[1]"]) + b"\n")
+    (corpus / "c0-x-replays.jsonl.gz").write_bytes(b"")  # replays are never filtered
+    fake = FakePokeRL()
+    monkeypatch.setattr(beat_heuristic, "run", fake)
+    assert beat_heuristic.main([*options(tmp_path, 1), "--keep", "won", "--runs", "bc"]) == 0
+    prep = next(args for args in fake.commands if args[0] == "prep")
+    names = sorted(beat_heuristic.chunk_name(c, *pair) for c, pair in enumerate(beat_heuristic.ROUND0))
+    assert prep[1:-4] == [str(corpus / "won" / name) for name in names]
+    assert prep[-4] == str(tmp_path / "round0" / "shards-won")
+    with gzip.open(corpus / "won" / names[0], "rb") as kept:
+        assert [orjson.loads(line)["replay_id"] for line in kept] == ["b0", "b3"]
+    counts = orjson.loads((corpus / "won" / "counts.json").read_bytes())
+    assert counts == {name: [2, 6] for name in names}
+    assert beat_heuristic.main(["--winners", str(corpus / names[0])]) == 0  # kept: not rewritten
+    assert orjson.loads((corpus / "won" / "counts.json").read_bytes()) == counts
