@@ -6,7 +6,7 @@
     .venv/bin/python pipelines/beat_heuristic.py --root runs/beat --rounds 3 --runs bc --model wide \
         --with-heuristic   # later rounds also replay round 0's pairings; the wider network
     .venv/bin/python pipelines/beat_heuristic.py --root runs/won --rounds 1 --runs bc --keep won
-    .venv/bin/python pipelines/beat_heuristic.py --winners DIR/*.jsonl.gz   # DIR/won/: winners only
+    .venv/bin/python pipelines/beat_heuristic.py --winners DIR/*.jsonl.gz --keep won-greedy   # to DIR/won-greedy/
 
 Round 0's data is the heuristic against itself with exploration (ε = 0.05 to 0.5 on one side or
 both, RESULTS.md's heuristic corpus). Round r ≥ 1 adds battles of round r − 1's best agent A
@@ -16,7 +16,8 @@ other; with ``--with-heuristic`` a later round also plays round 0's first four h
 again, one after each agent pairing (round 2 of RESULTS.md's second issue-21 session). Each round
 preps every round's trajectories so far (``prep`` of the trajectory files, not
 their replays; with ``--keep won`` only the trajectories whose player won, copied to
-``corpus/won/`` with the kept and dropped counts: filtered BC), trains the runs of ``--runs`` (``RUNS``: BC, IQL at several β, IQL from BC's
+``corpus/won/`` with the kept and dropped counts: filtered BC; ``--keep won-greedy`` those and
+every trajectory of a player that does not explore, dropping only the losing deviations), trains the runs of ``--runs`` (``RUNS``: BC, IQL at several β, IQL from BC's
 best.pt), evaluates each online against the panel (random, maxpower, heuristic and the previous
 round's best; ``--battles`` per pair against the heuristic and the previous best, ``--panel-battles``
 against random and maxpower) and offline (val split), and records the round's best (highest win
@@ -115,10 +116,17 @@ def trajectory_files(root: Path, upto: int) -> list[Path]:
             if not path.name.endswith("-replays.jsonl.gz")]
 
 
-def winners(source: Path, target: Path) -> tuple[int, int]:
-    """Filtered BC's data: the trajectories of ``source`` whose player won (``total_reward`` > 0)
-    written to ``target`` (gzip JSONL, renamed into place when complete); (kept, dropped). A line
-    that is not a JSON object with a numeric ``total_reward`` is dropped and counted."""
+def explores(spec: str) -> bool:
+    """Whether a player spec deviates from its player's own choice (``:EPS``, ``@TEMP``,
+    ``:top2:EPS``); a checkpoint's path is not read for it."""
+    return any(mark in spec.rsplit(".pt", 1)[-1] for mark in ":@")
+
+
+def winners(source: Path, target: Path, keep: str = "won") -> tuple[int, int]:
+    """Filtered BC's data: the trajectories of ``source`` whose player won (``total_reward`` > 0;
+    ``keep="won-greedy"``: those and every one of a player that does not explore) written to
+    ``target`` (gzip JSONL, renamed into place when complete); (kept, dropped). A line that is
+    not a JSON object with a numeric ``total_reward`` is dropped and counted."""
     kept = dropped = 0
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +139,12 @@ def winners(source: Path, target: Path) -> tuple[int, int]:
             except orjson.JSONDecodeError:
                 record = None
             reward = record.get("total_reward") if isinstance(record, dict) else None
-            if isinstance(reward, int | float) and not isinstance(reward, bool) and reward > 0:
+            if not isinstance(reward, int | float) or isinstance(reward, bool):
+                dropped += 1
+                continue
+            agent = record.get("agent")
+            greedy = keep == "won-greedy" and isinstance(agent, str) and not explores(agent)
+            if reward > 0 or greedy:
                 out.write(line if line.endswith(b"\n") else line + b"\n")
                 kept += 1
             else:
@@ -140,31 +153,30 @@ def winners(source: Path, target: Path) -> tuple[int, int]:
     return kept, dropped
 
 
-def won_files(sources: list[Path]) -> list[Path]:
-    """``winners`` of each source, as ``won/NAME`` beside it (a finished one is kept; the counts in
-    ``won/counts.json``, {name: [kept, dropped]}); the totals printed."""
+def won_files(sources: list[Path], keep: str = "won") -> list[Path]:
+    """``winners`` of each source, as ``KEEP/NAME`` beside it (a finished one is kept; the counts
+    in ``KEEP/counts.json``, {name: [kept, dropped]}); the totals printed."""
     targets, kept, dropped = [], 0, 0
     for source in sources:
-        counts_path = source.parent / "won" / "counts.json"
+        counts_path = source.parent / keep / "counts.json"
         counts = orjson.loads(counts_path.read_bytes()) if counts_path.exists() else {}
         target = counts_path.parent / source.name
         if source.name not in counts or not target.exists():
-            counts[source.name] = list(winners(source, target))
+            counts[source.name] = list(winners(source, target, keep))
             counts_path.write_bytes(orjson.dumps(counts, option=orjson.OPT_INDENT_2))
         targets.append(target)
         kept, dropped = kept + counts[source.name][0], dropped + counts[source.name][1]
-    print(f"winners: kept {kept} trajectories, dropped {dropped} (lost, tied or unreadable)",
-          flush=True)
+    print(f"{keep}: kept {kept} trajectories, dropped {dropped}", flush=True)
     return targets
 
 
 def prep(root: Path, index: int, keep: str = "all") -> Path:
-    """Every round's trajectories so far (``keep="won"``: only the winners', filtered BC)."""
-    shards = round_dir(root, index) / ("shards" if keep == "all" else "shards-won")
+    """Every round's trajectories so far (``keep`` other than "all": ``won_files``'s)."""
+    shards = round_dir(root, index) / ("shards" if keep == "all" else f"shards-{keep}")
     stamp = shards / "inputs.json"  # what the shards were built from (prep itself is idempotent)
     files = trajectory_files(root, index)
-    if keep == "won":
-        files = won_files(files)
+    if keep != "all":
+        files = won_files(files, keep)
     inputs = [str(path) for path in files]
     if stamp.exists() and orjson.loads(stamp.read_bytes()) == inputs:
         return shards
@@ -298,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the network: small (embed 16, 128-128) or wide (embed 32, 256-256)")
     parser.add_argument("--with-heuristic", action="store_true",
                         help="later rounds also play round 0's heuristic pairings")
-    parser.add_argument("--keep", choices=("all", "won"), default="all",
-                        help="train on every trajectory, or only on those whose player won "
-                             "(filtered BC; give it its own --root)")
+    parser.add_argument("--keep", choices=("all", "won", "won-greedy"), default="all",
+                        help="train on every trajectory, only on those whose player won, or on "
+                             "those and every non-exploring player's (filtered BC; its own --root)")
     parser.add_argument("--winners", nargs="+", type=Path, metavar="FILE",
-                        help="only write each trajectory FILE's winners to won/NAME beside it")
+                        help="only write each trajectory FILE's kept ones (--keep) to KEEP/NAME "
+                             "beside it")
     parser.add_argument("--serial", action="store_true", help="one command at a time")
     parser.add_argument("--league", action="store_true", help="then a league of each round's best")
     parser.add_argument("--league-battles", type=int, default=200)
@@ -312,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown runs {unknown} (known: {', '.join(RUNS)})" if unknown
                      else "--rounds must be at least 1")
     if options.winners:
-        won_files(options.winners)
+        won_files(options.winners, "won" if options.keep == "all" else options.keep)
         return 0
     try:
         run_round(options.root, options.rounds - 1, options)

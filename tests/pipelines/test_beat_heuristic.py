@@ -162,3 +162,23 @@ def test_keep_won_preps_only_the_winners(tmp_path: Path, monkeypatch: pytest.Mon
     assert counts == {name: [2, 6] for name in names}
     assert beat_heuristic.main(["--winners", str(corpus / names[0])]) == 0  # kept: not rewritten
     assert orjson.loads((corpus / "won" / "counts.json").read_bytes()) == counts
+
+
+def test_won_greedy_drops_only_the_exploring_players_losses(tmp_path: Path) -> None:
+    import gzip
+
+    agents = ["heuristic", "heuristic:0.1", "/r/a.pt", "/r/a.pt@1", "/r/a.pt:top2:0.2",
+              "/r/x:y/a.pt", "maxpower", None]
+    lines = [orjson.dumps({"replay_id": f"{a}-{r}", "total_reward": r, "agent": a})
+             for a in agents for r in (1.0, -1.0)]
+    source = tmp_path / "c0.jsonl.gz"
+    with gzip.open(source, "wb") as out:
+        out.write(b"\n".join(lines))  # no newline after the last line: written with one
+    assert [beat_heuristic.explores(a) for a in agents[:-1]] == [
+        False, True, False, True, True, False, False]
+    assert beat_heuristic.winners(source, tmp_path / "wg.jsonl.gz", "won-greedy") == (12, 4)
+    with gzip.open(tmp_path / "wg.jsonl.gz", "rb") as kept:
+        ids = [orjson.loads(line)["replay_id"] for line in kept]
+    kept_losers = {f"{a}--1.0" for a in ("heuristic", "/r/a.pt", "/r/x:y/a.pt", "maxpower")}
+    assert sorted(ids) == sorted({f"{a}-1.0" for a in agents} | kept_losers)
+    assert beat_heuristic.winners(source, tmp_path / "w.jsonl.gz") == (8, 8)
