@@ -499,9 +499,15 @@ def test_too_large_lines_are_rejected_unparsed(monkeypatch):
     assert result.trajectories == 3 and result.batch.rows == 2
 
 
-def test_prep_workers_stay_torch_free():
-    code = "import sys, poke_rl.prep, poke_rl.prep.work; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_prep_workers_and_the_cli_start_without_torch_or_asyncio():
+    code = ("import sys, poke_rl.cli, poke_rl.prep, poke_rl.prep.work; "
+            "print(sorted({'torch', 'asyncio', 'poke_rl.showdown.battles'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"
+    from poke_rl import cli
+    from poke_rl.showdown import battles
+
+    assert cli.DEFAULT_FORMAT == battles.DEFAULT_FORMAT  # the CLI's copy, kept to stay lazy
 
 
 def test_reward_sums_agree_with_fsum_at_extreme_magnitudes():
