@@ -107,20 +107,22 @@ def run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: boo
 def run_killed_at_phases(runs: list[tuple[list[str], str]]) -> None:
     """Start every ``(cmd, phase)`` at once, each pausing at its phase; SIGKILL each (its process
     group) once it is paused there. The runs share the cores while they start, not their outputs."""
-    started = [(_start(cmd, phase), phase) for cmd, phase in runs]
+    started = [(_start(cmd, phase, pause_s=300), phase) for cmd, phase in runs]
     try:
         for proc, phase in started:
             _wait_paused(proc, phase)
+        # still paused when killed (a run that slept past its pause would finish unkilled)
+        assert [phase for proc, phase in started if proc.poll() is not None] == []
     finally:
         for proc, _ in started:
             with contextlib.suppress(ProcessLookupError):  # one that failed may have exited
                 _kill(proc, main_only=False)
 
 
-def _start(cmd: list[str], phase: str | None) -> subprocess.Popen:
+def _start(cmd: list[str], phase: str | None, pause_s: int = 30) -> subprocess.Popen:
     env = dict(os.environ)
     if phase:
-        env["POKE_RL_PREP_PAUSE"] = f"{phase}:30"
+        env["POKE_RL_PREP_PAUSE"] = f"{phase}:{pause_s}"
     return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
 
 
