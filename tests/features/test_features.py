@@ -252,6 +252,37 @@ def test_block_size_does_not_change_the_output(
         pre.transform_columns(columns, out=(out[0][:10], out[1][:10]))
 
 
+def test_compiled_encodings_follow_numpy_casts_on_edge_values() -> None:
+    """The compiled table encodings against numpy's element-wise expressions, on values the
+    schema allows and beyond: int32 past float32's 2**24 (rounded, then divided), negative and
+    high bit sets, ids wrapping in int16, bools, float32 with subnormals."""
+    from poke_rl.feature_columns import encode_block
+
+    F = features.Feature
+    ints = np.array([[0, 1, -7, 2**24 + 1], [2**31 - 1, -(2**31), 300, 301]], dtype=np.int32)
+    floats = np.array([[0.1, -0.0, 1e-45, 3.5], [1.0, 0.5, 7.0, 2.0]], dtype=np.float32)
+    flags = np.array([[True, False, True, False]] * 2)
+    f32 = np.float32
+    cases = [
+        (F("x", ("turn",), "id"), ints, ints.astype(np.int16)),
+        (F("x", ("turn",), "scaled", scale=3.0), ints, ints.astype(f32) / f32(3.0)),
+        (F("x", ("turn",), "scaled", scale=3.0), floats, floats / f32(3.0)),
+        (F("x", ("turn",), "scaled"), flags, flags.astype(f32)),
+        (F("x", ("turn",), "clipped", scale=100.0, clip=300), ints,
+         np.clip(ints, 0, 300).astype(f32) / f32(100.0)),
+        (F("x", ("turn",), "bits", bits=31), ints,
+         ((ints.astype(np.int64)[:, :, None] >> np.arange(31)) & 1).reshape(2, -1)),
+        (F("x", ("turn",), "onehot", classes=7), ints % 8,
+         ((ints % 8)[:, :, None] == np.arange(1, 7)).reshape(2, -1)),
+    ]
+    for feature, value, want in cases:
+        dtype = np.int16 if feature.encoding == "id" else np.float32
+        wide = np.full((2, want.shape[1] + 3), 9, dtype=dtype)  # a strided view, as in a block
+        encode_block(feature, value, wide[:, 1:-2])
+        assert bitwise_equal(wide[:, 1:-2], want.astype(dtype)), feature.encoding
+        assert (wide[:, 0] == 9).all() and (wide[:, -2:] == 9).all()
+
+
 def _obs_strategy() -> st.SearchStrategy[dict[str, Any]]:
     def value(spec: schema.ObsField) -> st.SearchStrategy[Any]:
         if spec.kind == "bool":
