@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from .feature_columns import run_row_kernel
 from .schema import NUM_MOVES, TEAM_SIZE
 
 DEX_FILE = Path(__file__).resolve().parent / "data" / "dex.json"
@@ -200,31 +201,20 @@ def default_tables() -> DexTables:
     return DexTables.from_file(DEX_FILE)
 
 
-CHUNK_ROWS = 4096  # rows per kernel call: bounds the int32 copies of non-int32 sources
-
-
 def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables) -> None:
     """Write the dex features of ``n`` rows into ``out`` float32 [n, WIDTH].
 
     ``sources`` maps each field of ``SOURCES`` to a 2-d array [n, width] (scalars width 1). Ids
     beyond a table (which the schema's vocabulary sizes allow) read as unknown. One compiled
     pass over the rows (``_kernel``; float32 operations as numpy's element-wise ones, in the
-    same order, no fastmath), on C-contiguous int32 sources and a contiguous output block, so it
-    compiles once (cached on disk, as ``matchup_features``'s kernel).
+    same order, no fastmath), run by ``feature_columns.run_row_kernel``.
     """
     column = tables.move_columns
     args = (tables.species, tables.species_block, tables.type_mask, tables.taken,
             tables.move_block, column["type"], column["power"], column["accuracy"],
             column["hits"], column["physical"], column["attacking"], column["hazard"],
             column["removal"], tables.pair, tables.pair_values)
-    for first in range(0, len(out), CHUNK_ROWS):
-        rows = slice(first, first + CHUNK_ROWS)
-        block = out[rows]
-        target = block if block.flags.c_contiguous else np.empty(block.shape, dtype=np.float32)
-        _kernel(*(np.ascontiguousarray(sources[name][rows], dtype=np.int32) for name in SOURCES),
-                *args, target)
-        if target is not block:
-            block[...] = target
+    run_row_kernel(_kernel, sources, SOURCES, args, out)
 
 
 _F32 = np.float32

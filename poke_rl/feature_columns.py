@@ -86,6 +86,25 @@ def _numbers(value, kind, scale, clip, count, out):
                     out[r, c * count + label - 1] = x == label
 
 
+KERNEL_ROWS = 4096  # rows per call of a row kernel: bounds the int32 copies of other sources
+
+
+def run_row_kernel(kernel: Any, sources: Mapping[str, np.ndarray], names: tuple[str, ...],
+                   tables: tuple[np.ndarray, ...], out: np.ndarray) -> None:
+    """``kernel(*sources, *tables, block)`` over ``out``'s rows in chunks (``dex`` and
+    ``matchup_features``): ``sources[name]`` [n, width] go in as C-contiguous int32 (the
+    transition Parquet's type, so no copy there) and the rows come out into a contiguous float32
+    block, so a kernel has one signature and compiles once (cached on disk by numba)."""
+    for first in range(0, len(out), KERNEL_ROWS):
+        rows = slice(first, first + KERNEL_ROWS)
+        block = out[rows]
+        target = block if block.flags.c_contiguous else np.empty(block.shape, dtype=NUM_DTYPE)
+        kernel(*(np.ascontiguousarray(sources[name][rows], dtype=np.int32) for name in names),
+               *tables, target)
+        if target is not block:
+            block[...] = target
+
+
 def columns_from_arrow(data: Any, prefix: str = "obs_") -> dict[str, np.ndarray]:
     """``<prefix><field>`` columns of a pyarrow Table or RecordBatch → field name → numpy.
 

@@ -51,6 +51,7 @@ import numpy as np
 from numba import njit
 
 from .dex import DexTables, default_tables
+from .feature_columns import run_row_kernel
 from .matchup import PARALYSIS_SPEED, RANDOM_ROLL, STAB, randbats_levels, randbats_sets
 from .schema import NUM_MOVES, STATS_PER_SLOT, TEAM_SIZE
 
@@ -177,25 +178,11 @@ def default_tables_v3() -> MatchupTables:
     return MatchupTables.build(default_tables(), randbats_sets(), randbats_levels())
 
 
-CHUNK_ROWS = 4096  # rows per kernel call: bounds the int32 copies of non-int32 sources
-
-
 def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
     """Write the matchup features of ``n`` rows into ``out`` float32 [n, WIDTH]; ``sources`` maps
-    each field of ``SOURCES`` to [n, width]. Rows are independent: chunks do not change them.
-
-    One compiled pass over the rows (``_kernel``); the sources go in as C-contiguous int32 (the
-    transition Parquet's type, so no copy there) and the rows come out into a contiguous block,
-    so the kernel has one signature and compiles once (cached on disk by numba)."""
-    tables = t.arrays()
-    for first in range(0, len(out), CHUNK_ROWS):
-        rows = slice(first, first + CHUNK_ROWS)
-        block = out[rows]
-        target = block if block.flags.c_contiguous else np.empty(block.shape, dtype=np.float32)
-        _kernel(*(np.ascontiguousarray(sources[name][rows], dtype=np.int32) for name in SOURCES),
-                *tables, target)
-        if target is not block:
-            block[...] = target
+    each field of ``SOURCES`` to [n, width]. Rows are independent: one compiled pass over them
+    (``_kernel``), run by ``feature_columns.run_row_kernel``."""
+    run_row_kernel(_kernel, sources, SOURCES, t.arrays(), out)
 
 
 @njit(cache=True)
