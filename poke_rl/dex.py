@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
-from .feature_columns import run_row_kernel
+from .feature_columns import compiled, compiled_inline, run_row_kernel
 from .schema import NUM_MOVES, TEAM_SIZE
 
 DEX_FILE = Path(__file__).resolve().parent / "data" / "dex.json"
@@ -225,7 +224,7 @@ _STAB, _EFFECT, _IMMUNE, _DAMAGE, _BEST, _NEW_HAZARD, _REMOVES = (
                                            "best_damage", "new_hazard", "removes_hazard"))
 
 
-@njit(cache=True)
+@compiled
 def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boosts,
             opp_stealth_rock, opp_spikes, opp_toxic_spikes, opp_sticky_web, own_stealth_rock,
             own_spikes, own_toxic_spikes, own_sticky_web, species, species_block, type_mask,
@@ -289,13 +288,13 @@ def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boost
                 out[r, start + i * len(MATCHUP_FEATURES) + c] = pair_values[code, c]
 
 
-@njit(cache=True, inline="always")
+@compiled_inline
 def _id(value, size):
     """Ids as indices into a table of ``size`` rows; ids past its end (or negative) read 0."""
     return value if 0 < value < size else 0
 
 
-@njit(cache=True, inline="always")
+@compiled_inline
 def _stat(base, boost):
     """A level-independent stat estimate, float32: (2 x base + 36) x the boost multiplier."""
     multiplier = ((_F32(2.0) + max(boost, _F32(0.0)))

@@ -1,16 +1,18 @@
 """Column helpers of the feature preprocessor (``poke_rl.features``): observation columns from
 Arrow, shape checks, and the encoding of one block of a table feature (``id``, ``scaled``,
 ``clipped``, ``onehot``, ``bits``), for the columnar path: numba-compiled loops that write each
-output row once (no temporaries), compiled per source dtype and cached on disk.
+output row once (no temporaries), compiled for int32 and float32 sources, cached on disk; ``compiled``,
+the decorator of every numba kernel of the feature modules, which imports numba only when a
+kernel first runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from numba import njit
 
 from . import schema
 
@@ -44,7 +46,10 @@ def encode_block(feature: Any, value: np.ndarray, out: np.ndarray) -> None:
     one compiled pass (``_ids``, ``_numbers``) writing each output row once, with numpy's
     element-wise semantics: ids cast to int16 as numpy casts (wrapping), numbers converted to
     float32 first and divided in float32, clipped values clipped as integers, bits of the int64
-    value, one-hots as 0/1 of ``value == label``."""
+    value, one-hots as 0/1 of ``value == label``. Values go in as the transition Parquet's
+    int32 (bools too: same results) or float32, so each kernel has fixed signatures
+    (``_table_signatures``): one cached load per signature, no compile for a new layout."""
+    value = np.ascontiguousarray(value, dtype=NUM_DTYPE if value.dtype.kind == "f" else np.int32)
     if feature.encoding == "id":
         _ids(value, out)
         return
@@ -55,18 +60,64 @@ def encode_block(feature: Any, value: np.ndarray, out: np.ndarray) -> None:
     _numbers(value, kind, NUM_DTYPE(feature.scale), int(feature.clip or 0), count, out)
 
 
+class compiled:  # noqa: N801 - a decorator, like numba's njit
+    """``numba.njit(cache=True)`` of a kernel, done on the kernel's first call, so a process
+    that never featurises (train, export, inspect) does not import numba (~0.3 s, with scipy).
+
+    ``inline=True`` (``compiled_inline``) marks a function the kernels of its module call:
+    numba resolves a kernel's callees through its module's globals when it compiles the kernel,
+    so the first call of a kernel replaces its module's inline helpers there by their numba
+    functions (``inline="always"``), then compiles the kernel or loads it from numba's cache.
+    """
+
+    def __init__(self, func: Callable[..., Any], inline: bool = False,
+                 signatures: Callable[[Any], list[Any]] | None = None) -> None:
+        self.func, self.inline, self.signatures, self._jitted = func, inline, signatures, None
+
+    def __call__(self, *args: Any) -> Any:
+        return self.jitted()(*args)
+
+    def jitted(self) -> Any:
+        """The numba dispatcher (created once; numba compiles it once per argument types)."""
+        if self._jitted is None:
+            from numba import njit, types
+
+            if not self.inline:
+                names = self.func.__globals__
+                for name, value in list(names.items()):
+                    if isinstance(value, compiled) and value.inline:
+                        names[name] = value.jitted()
+            jit = njit(*([self.signatures(types)] if self.signatures else []), cache=True,
+                       inline="always" if self.inline else "never")
+            self._jitted = jit(self.func)
+        return self._jitted
+
+
+def compiled_inline(func: Callable[..., Any]) -> compiled:
+    """``compiled`` of a helper that the kernels of its module call (inlined in them)."""
+    return compiled(func, inline=True)
+
+
 _COPY, _SCALED, _CLIPPED, _BITS, _ONEHOT = range(5)
 _KINDS = {"scaled": _SCALED, "clipped": _CLIPPED, "bits": _BITS, "onehot": _ONEHOT}
 
 
-@njit(cache=True)
+def _table_signatures(types: Any, out: Any, sources: tuple[Any, ...]) -> list[Any]:
+    """(source [n, w] C-contiguous, read-only accepted; ..., out [n, k] any layout) per source."""
+    arguments = (types.int64, types.float32, types.int64, types.int64) if out == types.float32 else ()
+    return [types.void(types.Array(source, 2, "C", readonly=True), *arguments,
+                       types.Array(out, 2, "A")) for source in sources]
+
+
+@functools.partial(compiled, signatures=lambda t: _table_signatures(t, t.int16, (t.int32,)))
 def _ids(value, out):
     for r in range(value.shape[0]):
         for c in range(value.shape[1]):
             out[r, c] = value[r, c]
 
 
-@njit(cache=True)
+@functools.partial(compiled, signatures=lambda t: _table_signatures(t, t.float32,
+                                                                   (t.int32, t.float32)))
 def _numbers(value, kind, scale, clip, count, out):
     for r in range(value.shape[0]):
         for c in range(value.shape[1]):
@@ -99,10 +150,17 @@ def run_row_kernel(kernel: Any, sources: Mapping[str, np.ndarray], names: tuple[
         rows = slice(first, first + KERNEL_ROWS)
         block = out[rows]
         target = block if block.flags.c_contiguous else np.empty(block.shape, dtype=NUM_DTYPE)
-        kernel(*(np.ascontiguousarray(sources[name][rows], dtype=np.int32) for name in names),
-               *tables, target)
+        kernel(*(_read_only(sources[name][rows]) for name in names), *tables, target)
         if target is not block:
             block[...] = target
+
+
+def _read_only(source: np.ndarray) -> np.ndarray:
+    """A C-contiguous int32 read-only view (a copy only if not int32 already), whether the
+    source came from Arrow (read-only) or numpy: the kernels then have a single signature."""
+    view = np.ascontiguousarray(source, dtype=np.int32).view()
+    view.flags.writeable = False
+    return view
 
 
 def columns_from_arrow(data: Any, prefix: str = "obs_") -> dict[str, np.ndarray]:

@@ -48,10 +48,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from .dex import DexTables, default_tables
-from .feature_columns import run_row_kernel
+from .feature_columns import compiled, compiled_inline, run_row_kernel
 from .matchup import PARALYSIS_SPEED, RANDOM_ROLL, STAB, randbats_levels, randbats_sets
 from .schema import NUM_MOVES, STATS_PER_SLOT, TEAM_SIZE
 
@@ -185,7 +184,7 @@ def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables)
     run_row_kernel(_kernel, sources, SOURCES, t.arrays(), out)
 
 
-@njit(cache=True)
+@compiled
 def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, active_status,
             opp_status, team_species, team_level, team_stats, team_status, team_moves,
             revealed_id, opp_level, opp_moves_id, opp_tera, own_tailwind, opp_tailwind,
@@ -358,18 +357,18 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
         out[r, 19] = ours / (ours + theirs) if both else 0.0
 
 
-@njit(cache=True, inline="always")
+@compiled_inline
 def _id(value, size):
     return value if 0 < value < size else 0
 
 
-@njit(cache=True, inline="always")
+@compiled_inline
 def _multiplier(stage):
     s = min(max(float(stage), -6.0), 6.0)
     return (2 + s) / 2 if s >= 0 else 2 / (2 - s)
 
 
-@njit(cache=True, inline="always")
+@compiled_inline
 def _speed(speed, status, tailwind):
     """``matchup.effective_speed`` of a boosted speed."""
     if status == PARALYSIS:
@@ -377,7 +376,7 @@ def _speed(speed, status, tailwind):
     return speed * 2 if tailwind else speed
 
 
-@njit(cache=True, inline="always")
+@compiled_inline
 def _first(ours, theirs, our_priority, trick_room):
     """``matchup.first_mover`` against priority 0."""
     if our_priority != 0:
