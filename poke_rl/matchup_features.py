@@ -26,10 +26,11 @@ per-observation path calls it on a one-row block), which keeps them bitwise equa
 Speed (``pipelines/bench_features.py``): one numba-compiled pass over the rows (``_kernel``, no
 fastmath, so IEEE float64 operations in the order written; ``np.floor`` is the only function
 called, exact by definition), computing each distinct move of a species' sets once, and the set
-prior only where fewer than four moves are revealed. It compiles once per signature: ``encode``
-gives it C-contiguous int32 sources and a contiguous float32 block whatever it is passed, and
+prior only where fewer than four moves are revealed. It has one signature: ``encode`` gives it
+read-only C-contiguous int32 sources and a contiguous float32 block whatever it is passed, and
 ``cache=True`` keeps the machine code on disk (``__pycache__``, else numba's user cache), so a
-process loads it instead of compiling (tens of ms, against seconds to compile).
+process loads it instead of compiling (tens of ms, against seconds to compile). Numba itself is
+imported on the kernel's first call (``feature_columns.compiled``), not with this module.
 
 What a Side carries here: a level (``team_level`` / ``opp_team_level`` when known, else the
 species' random-battle level, else 100), actual stats for our own team when ``team_stats`` holds
