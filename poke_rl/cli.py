@@ -18,7 +18,6 @@ import typer
 
 from poke_rl import __version__
 from poke_rl.errors import PokeRLError
-from poke_rl.showdown.battles import DEFAULT_FORMAT
 from poke_rl.usage import OneLineUsageGroup
 
 app = typer.Typer(
@@ -29,6 +28,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     cls=OneLineUsageGroup,  # a usage error is one line on stderr, exit 2
 )
+# poke_rl.showdown.battles.DEFAULT_FORMAT (tests/prep/test_prep.py checks), not imported here:
+# that module pulls in asyncio, which no prep or train command needs at start-up
+DEFAULT_FORMAT = "gen9randombattle"
 
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])

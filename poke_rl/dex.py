@@ -15,8 +15,9 @@ aligned with the shipped vocabularies) and derives numeric features from them:
   active and who is faster.
 
 ``encode`` is the only implementation: the columnar path calls it on row blocks and the
-per-observation path on a one-row block, with numpy doing the same element-wise float32 operations
-(no transcendental functions), so the two stay bitwise equal. Every feature is 0 when the ids it
+per-observation path on a one-row block, a numba-compiled loop over rows doing float32 operations
+one at a time (no transcendental functions, no fastmath), so the two stay bitwise equal (and equal
+to the numpy implementation it replaced, checked on 32,768 random rows when it was written). Every feature is 0 when the ids it
 reads are 0 (unknown), so the all-zero terminal observation still featurises to zeros.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .feature_columns import compiled, compiled_inline, run_row_kernel
 from .schema import NUM_MOVES, TEAM_SIZE
 
 DEX_FILE = Path(__file__).resolve().parent / "data" / "dex.json"
@@ -202,82 +204,99 @@ def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables
     """Write the dex features of ``n`` rows into ``out`` float32 [n, WIDTH].
 
     ``sources`` maps each field of ``SOURCES`` to a 2-d array [n, width] (scalars width 1). Ids
-    beyond a table (which the schema's vocabulary sizes allow) read as unknown.
+    beyond a table (which the schema's vocabulary sizes allow) read as unknown. One compiled
+    pass over the rows (``_kernel``; float32 operations as numpy's element-wise ones, in the
+    same order, no fastmath), run by ``feature_columns.run_row_kernel``.
     """
-    f32 = np.float32
-    n = len(out)
-    own_id = _ids(sources["active_species_id"][:, 0], tables.species)
-    opp_id = _ids(sources["opp_active_species_id"][:, 0], tables.species)
-    opp_known = (opp_id != 0)[:, None]
-    t = len(TYPES)
-    for side, ids in enumerate((own_id, opp_id)):  # own types, opp types, own stats, opp stats
-        block = np.take(tables.species_block, ids, axis=0)
-        out[:, side * t : (side + 1) * t] = block[:, :t]
-        out[:, 2 * t + side * 6 : 2 * t + (side + 1) * 6] = block[:, t:]
-
-    move_id = _ids(sources["active_moves"], tables.move)  # [n, 4]
     column = tables.move_columns
-    move_type = np.take(column["type"], move_id)
-    attacking = np.take(column["attacking"], move_id)
-    stab = attacking & ((np.take(tables.type_mask, own_id)[:, None] >> move_type) & 1).astype(bool)
-    effect = np.take(tables.taken, opp_id[:, None] * tables.taken.shape[1] + move_type)
-    own, opp = np.take(tables.species, own_id, axis=0), np.take(tables.species, opp_id, axis=0)
-    own_boosts = sources["active_boosts"].astype(f32)
-    opp_boosts = sources["opp_active_boosts"].astype(f32)
-    known = opp_known[:, 0]
-    physical = _stat(own[:, 3], own_boosts[:, 0]) / _stat(opp[:, 4], opp_boosts[:, 1], known)
-    special = _stat(own[:, 5], own_boosts[:, 2]) / _stat(opp[:, 6], opp_boosts[:, 3], known)
-    ratio = np.where(np.take(column["physical"], move_id), physical[:, None], special[:, None])
-    ratio = np.where(opp_known, ratio, f32(1.0))
-    damage = (np.take(column["power"], move_id) * np.where(stab, f32(1.5), f32(1.0)) * effect
-              * np.take(column["accuracy"], move_id) * np.take(column["hits"], move_id) * ratio)
-    damage = np.where(attacking, np.minimum(damage / DAMAGE_SCALE, DAMAGE_CLIP), f32(0.0))
-    best = attacking & (damage > 0) & (damage == damage.max(axis=1, keepdims=True))
-    hazards = np.ones((n, len(HAZARD_FIELDS) + 1), dtype=bool)  # column 0: "no hazard move"
-    for k, field in enumerate(HAZARD_FIELDS):
-        hazards[:, k + 1] = sources[field][:, 0] != 0
-    own_hazard = np.zeros(n, dtype=bool)
-    for field in OWN_HAZARD_FIELDS:
-        own_hazard |= sources[field][:, 0] != 0
-    hazard = np.take(column["hazard"], move_id)
-    per_move = np.take(tables.move_block, move_id, axis=0)  # [n, 4, 14], static ones filled
-    attacks_known = attacking & opp_known
-    dynamic = {
-        "stab": stab,
-        "effectiveness": np.where(attacks_known, effect / f32(4.0), f32(0.0)),
-        "immune": attacks_known & (effect == 0),
-        "damage": damage,
-        "best_damage": best,
-        "new_hazard": (hazard > 0) & ~np.take_along_axis(hazards, hazard, axis=1),
-        "removes_hazard": np.take(column["removal"], move_id) & own_hazard[:, None],
-    }
-    for name, value in dynamic.items():
-        per_move[..., MOVE_FEATURES.index(name)] = value
-    start = 2 * SPECIES_BLOCK
-    out[:, start : start + per_move[0].size] = per_move.reshape(n, -1)
-    start += per_move[0].size
-
-    team_id = _ids(sources["team_species"], tables.species)  # [n, 6]
-    species_count = len(tables.species)
-    index = np.empty((n, 1 + TEAM_SIZE), dtype=np.intp)
-    index[:, 0] = own_id
-    index[:, 1:] = team_id
-    index *= species_count
-    index += opp_id[:, None]
-    codes = np.take(tables.pair, index)
-    out[:, start:] = np.take(tables.pair_values, codes, axis=0).reshape(n, -1)
-    assert start + codes.shape[1] * len(MATCHUP_FEATURES) == WIDTH
+    args = (tables.species, tables.species_block, tables.type_mask, tables.taken,
+            tables.move_block, column["type"], column["power"], column["accuracy"],
+            column["hits"], column["physical"], column["attacking"], column["hazard"],
+            column["removal"], tables.pair, tables.pair_values)
+    run_row_kernel(_kernel, sources, SOURCES, args, out)
 
 
-def _ids(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Ids as indices into ``table``; ids past its end (or negative) read as 0 (unknown)."""
-    ids = values.astype(np.intp)
-    return np.where((ids > 0) & (ids < len(table)), ids, 0)
+_F32 = np.float32
+_TYPES, _BASES = len(TYPES), SPECIES_BLOCK - len(TYPES)
+_PER_MOVE = len(MOVE_FEATURES)
+_STAB, _EFFECT, _IMMUNE, _DAMAGE, _BEST, _NEW_HAZARD, _REMOVES = (
+    MOVE_FEATURES.index(name) for name in ("stab", "effectiveness", "immune", "damage",
+                                           "best_damage", "new_hazard", "removes_hazard"))
 
 
-def _stat(base: np.ndarray, boost: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
-    """A level-independent stat estimate: (2 x base + 36) x the boost multiplier; 1 if unknown."""
-    f32 = np.float32
-    multiplier = (f32(2.0) + np.maximum(boost, f32(0.0))) / (f32(2.0) - np.minimum(boost, f32(0.0)))
-    stat = (f32(2.0) * base + f32(36.0)) * multiplier
-    return stat if known is None else np.where(known, stat, f32(1.0))
+@compiled
+def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boosts,
+            opp_stealth_rock, opp_spikes, opp_toxic_spikes, opp_sticky_web, own_stealth_rock,
+            own_spikes, own_toxic_spikes, own_sticky_web, species, species_block, type_mask,
+            taken, move_block, move_type, power, accuracy, hits, physical, attacking, hazard,
+            removal, pair, pair_values, out):
+    """``encode`` of ``out``'s rows, one pass per row (sources [n, width] int32)."""
+    zero, one = _F32(0.0), _F32(1.0)
+    damage = np.zeros(NUM_MOVES, dtype=np.float32)
+    for r in range(len(out)):
+        own = _id(own_id[r, 0], len(species))
+        opp = _id(opp_id[r, 0], len(species))
+        for c in range(_TYPES):
+            out[r, c] = species_block[own, c]
+            out[r, _TYPES + c] = species_block[opp, c]
+        for c in range(_BASES):
+            out[r, 2 * _TYPES + c] = species_block[own, _TYPES + c]
+            out[r, 2 * _TYPES + _BASES + c] = species_block[opp, _TYPES + c]
+        known = opp != 0
+        physical_ratio = (_stat(species[own, 3], _F32(active_boosts[r, 0]))
+                          / (_stat(species[opp, 4], _F32(opp_boosts[r, 1])) if known else one))
+        special_ratio = (_stat(species[own, 5], _F32(active_boosts[r, 2]))
+                         / (_stat(species[opp, 6], _F32(opp_boosts[r, 3])) if known else one))
+        own_hazard = (own_stealth_rock[r, 0] != 0 or own_spikes[r, 0] != 0
+                      or own_toxic_spikes[r, 0] != 0 or own_sticky_web[r, 0] != 0)
+        best = zero
+        start = 2 * SPECIES_BLOCK
+        for j in range(NUM_MOVES):
+            move = _id(active_moves[r, j], len(move_block))
+            kind = move_type[move]
+            stab = attacking[move] and ((type_mask[own] >> kind) & 1) == 1
+            effect = taken[opp, kind]
+            ratio = (physical_ratio if physical[move] else special_ratio) if known else one
+            value = (power[move] * (_F32(1.5) if stab else one) * effect * accuracy[move]
+                     * hits[move] * ratio)
+            damage[j] = min(value / DAMAGE_SCALE, DAMAGE_CLIP) if attacking[move] else zero
+            best = max(best, damage[j])
+            at = start + j * _PER_MOVE
+            for c in range(_PER_MOVE):
+                out[r, at + c] = move_block[move, c]
+            attacks_known = attacking[move] and known
+            out[r, at + _STAB] = one if stab else zero
+            out[r, at + _EFFECT] = effect / _F32(4.0) if attacks_known else zero
+            out[r, at + _IMMUNE] = one if attacks_known and effect == 0 else zero
+            out[r, at + _DAMAGE] = damage[j]
+            code = hazard[move]
+            set_already = (code == 1 and opp_stealth_rock[r, 0] != 0
+                           or code == 2 and opp_spikes[r, 0] != 0
+                           or code == 3 and opp_toxic_spikes[r, 0] != 0
+                           or code == 4 and opp_sticky_web[r, 0] != 0)
+            out[r, at + _NEW_HAZARD] = one if code > 0 and not set_already else zero
+            out[r, at + _REMOVES] = one if removal[move] and own_hazard else zero
+        for j in range(NUM_MOVES):
+            move = _id(active_moves[r, j], len(move_block))
+            top = attacking[move] and damage[j] > 0 and damage[j] == best
+            out[r, start + j * _PER_MOVE + _BEST] = one if top else zero
+        start += NUM_MOVES * _PER_MOVE
+        for i in range(1 + TEAM_SIZE):
+            mon = own if i == 0 else _id(team_species[r, i - 1], len(species))
+            code = pair[mon, opp]
+            for c in range(len(MATCHUP_FEATURES)):
+                out[r, start + i * len(MATCHUP_FEATURES) + c] = pair_values[code, c]
+
+
+@compiled_inline
+def _id(value, size):
+    """Ids as indices into a table of ``size`` rows; ids past its end (or negative) read 0."""
+    return value if 0 < value < size else 0
+
+
+@compiled_inline
+def _stat(base, boost):
+    """A level-independent stat estimate, float32: (2 x base + 36) x the boost multiplier."""
+    multiplier = ((_F32(2.0) + max(boost, _F32(0.0)))
+                  / (_F32(2.0) - min(boost, _F32(0.0))))
+    return (_F32(2.0) * base + _F32(36.0)) * multiplier

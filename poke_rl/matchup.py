@@ -1,5 +1,5 @@
 """Matchup estimates from the dex and what a player knows: scalar pure functions, the reference of
-the vectorized matchup features (``poke_rl.matchup_features``, features v3).
+the compiled matchup features (``poke_rl.matchup_features``, features v3).
 
 - ``expected_damage``: the expected fraction of the defender's HP one move takes (gen 9 damage
   formula with the mean random roll 0.925, STAB 1.5, the type chart, the attacker's burn on

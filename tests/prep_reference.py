@@ -4,6 +4,7 @@ and a prep run killed at a phase."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -95,15 +96,42 @@ def tree_bytes(out: Path) -> dict[str, bytes]:
 
 def run_killed(cmd: list[str], phase: str | None, delay_s: float, main_only: bool = False) -> None:
     """Run ``cmd`` (pausing at ``phase`` when given, else for ``delay_s``), then SIGKILL it."""
-    env = dict(os.environ)
+    proc = _start(cmd, phase)
     if phase:
-        env["POKE_RL_PREP_PAUSE"] = f"{phase}:30"
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
-    if phase:
-        line = proc.stderr.readline()
-        assert f"paused at {phase}" in line.decode(), line
+        _wait_paused(proc, phase)
     else:
         time.sleep(delay_s)
+    _kill(proc, main_only)
+
+
+def run_killed_at_phases(runs: list[tuple[list[str], str]]) -> None:
+    """Start every ``(cmd, phase)`` at once, each pausing at its phase; SIGKILL each (its process
+    group) once it is paused there. The runs share the cores while they start, not their outputs."""
+    started = [(_start(cmd, phase, pause_s=300), phase) for cmd, phase in runs]
+    try:
+        for proc, phase in started:
+            _wait_paused(proc, phase)
+        # still paused when killed (a run that slept past its pause would finish unkilled)
+        assert [phase for proc, phase in started if proc.poll() is not None] == []
+    finally:
+        for proc, _ in started:
+            with contextlib.suppress(ProcessLookupError):  # one that failed may have exited
+                _kill(proc, main_only=False)
+
+
+def _start(cmd: list[str], phase: str | None, pause_s: int = 30) -> subprocess.Popen:
+    env = dict(os.environ)
+    if phase:
+        env["POKE_RL_PREP_PAUSE"] = f"{phase}:{pause_s}"
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_paused(proc: subprocess.Popen, phase: str) -> None:
+    line = proc.stderr.readline()
+    assert f"paused at {phase}" in line.decode(), line
+
+
+def _kill(proc: subprocess.Popen, main_only: bool) -> None:
     if main_only:
         os.kill(proc.pid, signal.SIGKILL)
     else:

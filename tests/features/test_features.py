@@ -252,6 +252,37 @@ def test_block_size_does_not_change_the_output(
         pre.transform_columns(columns, out=(out[0][:10], out[1][:10]))
 
 
+def test_compiled_encodings_follow_numpy_casts_on_edge_values() -> None:
+    """The compiled table encodings against numpy's element-wise expressions, on values the
+    schema allows and beyond: int32 past float32's 2**24 (rounded, then divided), negative and
+    high bit sets, ids wrapping in int16, bools, float32 with subnormals."""
+    from poke_rl.feature_columns import encode_block
+
+    F = features.Feature
+    ints = np.array([[0, 1, -7, 2**24 + 1], [2**31 - 1, -(2**31), 300, 301]], dtype=np.int32)
+    floats = np.array([[0.1, -0.0, 1e-45, 3.5], [1.0, 0.5, 7.0, 2.0]], dtype=np.float32)
+    flags = np.array([[True, False, True, False]] * 2)
+    f32 = np.float32
+    cases = [
+        (F("x", ("turn",), "id"), ints, ints.astype(np.int16)),
+        (F("x", ("turn",), "scaled", scale=3.0), ints, ints.astype(f32) / f32(3.0)),
+        (F("x", ("turn",), "scaled", scale=3.0), floats, floats / f32(3.0)),
+        (F("x", ("turn",), "scaled"), flags, flags.astype(f32)),
+        (F("x", ("turn",), "clipped", scale=100.0, clip=300), ints,
+         np.clip(ints, 0, 300).astype(f32) / f32(100.0)),
+        (F("x", ("turn",), "bits", bits=31), ints,
+         ((ints.astype(np.int64)[:, :, None] >> np.arange(31)) & 1).reshape(2, -1)),
+        (F("x", ("turn",), "onehot", classes=7), ints % 8,
+         ((ints % 8)[:, :, None] == np.arange(1, 7)).reshape(2, -1)),
+    ]
+    for feature, value, want in cases:
+        dtype = np.int16 if feature.encoding == "id" else np.float32
+        wide = np.full((2, want.shape[1] + 3), 9, dtype=dtype)  # a strided view, as in a block
+        encode_block(feature, value, wide[:, 1:-2])
+        assert bitwise_equal(wide[:, 1:-2], want.astype(dtype)), feature.encoding
+        assert (wide[:, 0] == 9).all() and (wide[:, -2:] == 9).all()
+
+
 def _obs_strategy() -> st.SearchStrategy[dict[str, Any]]:
     def value(spec: schema.ObsField) -> st.SearchStrategy[Any]:
         if spec.kind == "bool":
@@ -291,6 +322,26 @@ def test_columnar_equals_per_dict_property(obs: dict[str, Any], config: FeatureC
     ids, num = pre.transform_columns(columns)
     one_ids, one_num = pre.transform_observation(obs)
     assert bitwise_equal(ids[0], one_ids) and bitwise_equal(num[0], one_num)
+
+
+def test_each_kernel_has_one_signature_whatever_the_sources_layout(pre: Preprocessor) -> None:
+    """Arrow's read-only columns, numpy's writable ones, int64 lists of the per-observation path
+    and one-row blocks all reach the same compiled signature (no compile for a new layout)."""
+    obs = {"active_species_id": 5, "opp_active_species_id": 9, "turn": 3, "active_hp": 0.5}
+    filled = schema.check_observation(obs).values
+    columns = {}
+    for spec in schema.OBSERVATION_FIELDS:
+        dtype = {"int": np.int32, "float": np.float32, "bool": np.bool_}[spec.kind]
+        columns[spec.name] = np.array([filled[spec.name]] * 3, dtype=dtype)
+    read_only = {name: value.copy() for name, value in columns.items()}
+    for value in read_only.values():
+        value.flags.writeable = False
+    ids, num = pre.transform_columns(columns)
+    assert bitwise_equal(pre.transform_columns(read_only)[1], num)
+    one_ids, one_num = pre.transform_observation(obs)
+    assert bitwise_equal(ids[0], one_ids) and bitwise_equal(num[0], one_num)
+    for kernel in (dex._kernel, matchup_features._kernel):
+        assert len(kernel.jitted().signatures) == 1
 
 
 @pytest.mark.parametrize(
@@ -368,7 +419,8 @@ def test_fingerprint_is_stable_across_instances_cwd_time_and_processes(
     assert (
         Preprocessor().fingerprint == pre.fingerprint == Preprocessor(FeatureConfig()).fingerprint
     )
-    code = "from poke_rl.features import Preprocessor; print(Preprocessor().fingerprint)"
+    code = ("import sys; from poke_rl.features import Preprocessor; "
+            "print(Preprocessor().fingerprint, 'numba' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": "123"}
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -378,7 +430,8 @@ def test_fingerprint_is_stable_across_instances_cwd_time_and_processes(
         text=True,
         check=True,
     )
-    assert out.stdout.strip() == pre.fingerprint
+    # the fingerprint needs no numba: a process that never featurises does not import it
+    assert out.stdout.split() == [pre.fingerprint, "False"]
     monkeypatch.chdir(tmp_path)
     assert Preprocessor().fingerprint == pre.fingerprint
 

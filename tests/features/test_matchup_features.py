@@ -1,4 +1,4 @@
-"""poke_rl.matchup_features (vectorized) against poke_rl.matchup (scalar) on many random
+"""poke_rl.matchup_features (the compiled kernel) against poke_rl.matchup (scalar) on many random
 observations, and hand-checked cases: a super-effective revealed move, Trick Room, paralysis,
 a tera type."""
 
@@ -18,8 +18,8 @@ V = default_vocabularies()
 T = mf.default_tables_v3()
 S, M = V.species.id, V.move.id
 SPECIES_WITH_SETS = sorted(randbats_sets())
-# Where a scalar and the vectorized value may differ: the float32 rounding of the same float64
-# (the vectorized code repeats the scalar operations in order, so this is exact in practice).
+# Where a scalar and the kernel's value may differ: the float32 rounding of the same float64
+# (the kernel repeats the scalar operations in order, so this is exact in practice).
 TOLERANCE = 0.0
 
 
@@ -133,7 +133,7 @@ def encode(observations: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[st
     return out, filled
 
 
-def test_vectorized_equals_the_scalar_functions_on_random_observations() -> None:
+def test_the_kernel_equals_the_scalar_functions_on_random_observations() -> None:
     rng = np.random.default_rng(7)
     observations = [_random_observation(rng) for _ in range(1000)]
     out, filled = encode(observations)
@@ -143,11 +143,17 @@ def test_vectorized_equals_the_scalar_functions_on_random_observations() -> None
         diff = np.abs(out[:, column] - want[:, column])
         assert diff.max() <= TOLERANCE, (names[column], int(diff.argmax()))
     assert (want[:, :7] > 0).mean() > 0.5 and (want[:, 7:14] > 0).mean() > 0.3  # real cases
-    # the set prior runs in row groups by the species' distinct set moves: every group ran
-    opp = np.array([v["opp_active_species_id"] for v in filled])
-    widths = T.width[np.where(opp < len(T.width), opp, 0)]
-    groups = np.searchsorted(np.array(mf.WIDTH_GROUPS), widths[widths > 0])
-    assert set(groups.tolist()) == set(range(len(mf.WIDTH_GROUPS)))
+    # the set prior ran with every number of unrevealed move slots, on species of every width
+    free, widths = [], []
+    for v in filled:
+        opp, revealed = v["opp_active_species_id"], v["opp_team_revealed"]
+        if 0 < opp < len(T.width) and T.width[opp] > 0 and opp in revealed:
+            k = revealed.index(opp)
+            moves = {m for m in v["opp_team_moves"][4 * k : 4 * k + 4] if 0 < m < len(T.kind)}
+            free.append(4 - len(moves))
+            widths.append(int(T.width[opp]))
+    assert set(free) == {0, 1, 2, 3, 4}
+    assert min(widths) <= 5 and max(widths) >= 15
 
 
 def _one(**fields: Any) -> dict[str, float]:

@@ -4,6 +4,8 @@ wrapper (CPU paths). The pure stages alone: ``test_loader_stages``."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import itertools
 import shutil
 import tarfile
@@ -21,7 +23,7 @@ from poke_rl import loader as L
 from poke_rl.batch import Batch
 from poke_rl.errors import PokeRLError
 from poke_rl.manifest import load_manifest, new_manifest, write_manifest
-from poke_rl.shards import Block, ShardError, block_from_transitions, write_shard
+from poke_rl.shards import Block, ShardError, block_from_transitions, npy_bytes, write_shard
 
 FINGERPRINT = "sha256:" + "ab" * 32
 BATTLE_STEPS = 8  # transitions per battle; blocks are written in battle order
@@ -244,6 +246,30 @@ def block_boundary(path: Path, block: int) -> int:
 
 def read_all(source, **config) -> list[Batch]:
     return list(L.train_loader(source, FINGERPRINT, L.LoaderConfig(batch_size=10, **config)))
+
+
+def _tarfile_shard(path: Path, blocks: list[Block]) -> bytes:
+    """The same blocks written by ``tarfile`` (what ``write_shard`` wrote before it wrote the tar
+    itself): ustar, mtime 0, uid/gid 0, mode 0o444, sorted members."""
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for index, block in enumerate(blocks):
+            members = {f"{index:06d}.{n}.npy": npy_bytes(a) for n, a in block.members().items()}
+            for name in sorted(members):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(members[name]), 0, 0o444
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(members[name]))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("rows", [[], [1], [3, 64, 17]])
+def test_shards_are_the_bytes_tarfile_writes(tmp_path: Path, rows: list[int]) -> None:
+    blocks = [make_block(100 * n, r) for n, r in enumerate(rows)]
+    size, digest = write_shard(tmp_path / "ours.tar", blocks)
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == _tarfile_shard(tmp_path / "tarfile.tar", blocks)
+    assert size == len(ours) and len(ours) % tarfile.RECORDSIZE == 0
+    assert digest == "sha256:" + hashlib.sha256(ours).hexdigest()
 
 
 def test_truncated_shard_is_named(small: Path) -> None:

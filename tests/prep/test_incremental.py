@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
 import orjson
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prep_reference import reference_split, run_killed, tree_bytes
+from prep_reference import reference_split, run_killed_at_phases, tree_bytes
 from typer.testing import CliRunner
 
 from pipelines.generate import GenConfig, iter_lines
@@ -285,6 +284,9 @@ def test_a_tampered_origin_is_refused(tmp_path, tamper, message):
 
 @pytest.mark.slow
 def test_sigkill_during_an_incremental_prep_leaves_the_previous_output(tmp_path):
+    """The killed runs are the CLI, started together, each pausing at its phase; the expected
+    output and the next runs that must complete are ``run_prep`` in this process (the CLI's
+    output equals it, or the killed runs' states would match neither)."""
     a = write(tmp_path / "a.jsonl", list(range(0, 12)))
     b = write(tmp_path / "b.jsonl", list(range(10, len(POOL))))
     old_out = tmp_path / "old"
@@ -294,17 +296,19 @@ def test_sigkill_during_an_incremental_prep_leaves_the_previous_output(tmp_path)
                "--val-fraction", "0.3"]  # fmt: skip
     clean = tmp_path / "clean"
     shutil.copytree(old_out, clean)
-    subprocess.run([*command[:4], str(clean), *command[5:]], check=True, capture_output=True)
+    assert run_prep([str(a), str(b)], clean, OPTS).action == "incremental"
     expected = tree_bytes(clean)
-    for phase in ("link", "parse", "parquet", "shards", "rejects", "manifest", "swap"):
-        out = tmp_path / f"out-{phase}"
+    phases = ("link", "parse", "parquet", "shards", "rejects", "manifest", "swap")
+    outs = {phase: tmp_path / f"out-{phase}" for phase in phases}
+    for out in outs.values():
         shutil.copytree(old_out, out)
-        run_killed([*command[:4], str(out), *command[5:]], phase, 0)
+    run_killed_at_phases([([*command[:4], str(out), *command[5:]], phase) for phase, out in outs.items()])
+    for phase, out in outs.items():
         state = tree_bytes(out)
         if "manifest.json" in state:
             assert state in (old_expected, expected), phase
         else:
             assert phase == "swap", phase
-        subprocess.run([*command[:4], str(out), *command[5:]], check=True, capture_output=True)
+        run_prep([str(a), str(b)], out, OPTS)
         assert tree_bytes(out) == expected, phase
         assert not list(out.glob(".prep-staging-*"))

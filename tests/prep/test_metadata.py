@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from typer.testing import CliRunner
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
-from prep_reference import reference_split, run_killed, tree_bytes  # noqa: E402
+from prep_reference import reference_split, run_killed, run_killed_at_phases, tree_bytes  # noqa: E402
 
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
 from poke_rl import schema, shards, where  # noqa: E402
@@ -320,29 +319,34 @@ def test_sigkill_during_a_rebuild_from_the_parquet_leaves_old_or_new(corpus, tmp
     source.write_bytes(path.read_bytes())
     poke_rl = str(Path(sys.executable).parent / "poke-rl")
     old_out = tmp_path / "old"
-    subprocess.run([poke_rl, "prep", str(source), str(old_out), "--no-progress", "--block-size", "64",
-                    "--val-fraction", "0.2"], check=True, capture_output=True)  # fmt: skip
+    run_prep([str(source)], old_out, PrepOptions(progress=False, block_size=64, val_fraction=0.2))
     source.unlink()
     old_expected = tree_bytes(old_out)
+    new_options = PrepOptions(progress=False, block_size=64, val_fraction=0.5, where=EXPR)
 
     def command(out: Path) -> list[str]:
         return [poke_rl, "prep", str(source), str(out), "--no-progress", "--block-size", "64",
                 "--val-fraction", "0.5", "--where", EXPR]  # fmt: skip
 
+    # the killed runs are the CLI; the expected output and the next runs are run_prep in this
+    # process (the CLI's output equals it, or the killed runs' states would match neither)
     clean = tmp_path / "clean"
     shutil.copytree(old_out, clean)
-    subprocess.run(command(clean), check=True, capture_output=True)
+    assert run_prep([str(source)], clean, new_options).action == "tensors"
     expected = tree_bytes(clean)
     assert expected != old_expected
-    for number, (phase, delay_s) in enumerate([("manifest", 0), ("swap", 0), (None, 0.8), (None, 1.3)]):
-        out = tmp_path / f"out{number}"
+    outs = {key: tmp_path / f"out-{key}" for key in ("manifest", "swap", 0.8, 1.3)}
+    for out in outs.values():
         shutil.copytree(old_out, out)
-        run_killed(command(out), phase, delay_s)
+    run_killed_at_phases([(command(outs[phase]), phase) for phase in ("manifest", "swap")])
+    for delay_s in (0.8, 1.3):
+        run_killed(command(outs[delay_s]), None, delay_s)
+    for key, out in outs.items():
         state = tree_bytes(out)
         if "manifest.json" in state:
-            assert state in (old_expected, expected), phase
+            assert state in (old_expected, expected), key
         else:
-            assert phase == "swap" or delay_s, phase
-        subprocess.run(command(out), check=True, capture_output=True)
-        assert tree_bytes(out) == expected, phase
+            assert key != "manifest", key
+        run_prep([str(source)], out, new_options)
+        assert tree_bytes(out) == expected, key
         assert not list(out.glob(".prep-staging-*"))

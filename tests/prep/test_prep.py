@@ -3,6 +3,7 @@ determinism and the atomic swap (with real SIGKILLs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import shutil
@@ -24,6 +25,7 @@ from prep_reference import (  # noqa: E402
     reference_decisions,
     reference_rows,
     run_killed,
+    run_killed_at_phases,
     tree_bytes,
 )
 
@@ -409,6 +411,14 @@ def test_rebuild_rules(built, tmp_path, monkeypatch):
             handle.truncate(path.stat().st_size - 1)
 
 
+def test_one_preprocessor_per_configuration_as_the_fingerprint_reads_it():
+    default = prep_build._preprocessor(FeatureConfig())
+    assert prep_build._preprocessor(FeatureConfig()) is default  # its fingerprint computed once
+    as_int = prep_build._preprocessor(FeatureConfig(turn_scale=100))  # == FeatureConfig(), but
+    assert as_int is not default  # the fingerprint's JSON reads 100, not 100.0
+    assert as_int.fingerprint == Preprocessor(FeatureConfig(turn_scale=100)).fingerprint != default.fingerprint
+
+
 def test_unusable_inputs_and_strict(tmp_path, built):
     path = built[0]
     with pytest.raises(PokeRLError, match="does not exist"):
@@ -435,33 +445,41 @@ def _prep_cmd(inputs: Path, out: Path) -> list[str]:
             "--val-fraction", "0.2"]  # fmt: skip
 
 
+KILL_OPTS = PrepOptions(progress=False, block_size=512, val_fraction=0.2)  # = _prep_cmd's
+
+
 @pytest.mark.slow
 def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
+    """Each killed run is the CLI in its own process group; the runs that build the expected
+    outputs and the next runs that must complete call ``run_prep`` in this process (what the CLI
+    calls, without each process's start-up: the CLI's output equals it, or the killed runs'
+    states would match neither). The runs killed at a phase start together."""
     lines = [line for _, line in corpus_lines(30, seed=21, bad_fraction=0.02)]
     # the old output is of the same input path, changed in place since (a prep that drops a
     # recorded input is refused without --force)
     old_source = write_lines(tmp_path / "in.jsonl", lines[:20])
     old_out = tmp_path / "old_out"
-    subprocess.run(_prep_cmd(old_source, old_out), check=True, capture_output=True)
+    run_prep([str(old_source)], old_out, KILL_OPTS)
     old_expected = tree_bytes(old_out)
     source = write_lines(tmp_path / "in.jsonl", lines)
     clean = tmp_path / "clean"
-    subprocess.run(_prep_cmd(source, clean), check=True, capture_output=True)
+    run_prep([str(source)], clean, KILL_OPTS)
     expected = tree_bytes(clean)
 
-    for number, (phase, delay_s) in enumerate(
-        [("parse", 0), ("parquet", 0), ("shards", 0), ("rejects", 0), ("manifest", 0), ("swap", 0),
-         (None, 0.9), (None, 1.6)]  # fmt: skip
-    ):
-        out = tmp_path / f"out{number}"
+    phases = ["parse", "parquet", "shards", "rejects", "manifest", "swap"]
+    outs = {phase: tmp_path / f"out-{phase}" for phase in [*phases, 0.9, 1.6]}
+    for out in outs.values():
         shutil.copytree(old_out, out)
-        run_killed(_prep_cmd(source, out), phase, delay_s)
+    run_killed_at_phases([(_prep_cmd(source, outs[phase]), phase) for phase in phases])
+    for delay_s in (0.9, 1.6):  # anywhere, start-up included
+        run_killed(_prep_cmd(source, outs[delay_s]), None, delay_s)
+    for phase, out in outs.items():
         state = tree_bytes(out)
         if "manifest.json" in state:  # the old output, whole, or (after the swap) the new one
             assert state in (old_expected, expected), phase
         else:
-            assert phase == "swap" or delay_s, phase
-        subprocess.run(_prep_cmd(source, out), check=True, capture_output=True)
+            assert phase in ("swap", 0.9, 1.6), phase
+        run_prep([str(source)], out, KILL_OPTS)
         assert tree_bytes(out) == expected, phase
         assert not list(out.glob(".prep-staging-*"))
 
@@ -469,7 +487,7 @@ def test_sigkill_at_any_phase_leaves_old_or_nothing(tmp_path):
     out = tmp_path / "fresh"
     run_killed(_prep_cmd(source, out) + ["--workers", "2"], "parquet", 0, main_only=True)
     assert "manifest.json" not in tree_bytes(out)
-    subprocess.run(_prep_cmd(source, out) + ["--workers", "2"], check=True, capture_output=True)
+    run_prep([str(source)], out, dataclasses.replace(KILL_OPTS, workers=2))
     assert tree_bytes(out) == expected
 
 
@@ -499,9 +517,15 @@ def test_too_large_lines_are_rejected_unparsed(monkeypatch):
     assert result.trajectories == 3 and result.batch.rows == 2
 
 
-def test_prep_workers_stay_torch_free():
-    code = "import sys, poke_rl.prep, poke_rl.prep.work; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_prep_workers_and_the_cli_start_without_torch_or_asyncio():
+    code = ("import sys, poke_rl.cli, poke_rl.prep, poke_rl.prep.work; "
+            "print(sorted({'torch', 'asyncio', 'poke_rl.showdown.battles'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]"
+    from poke_rl import cli
+    from poke_rl.showdown import battles
+
+    assert cli.DEFAULT_FORMAT == battles.DEFAULT_FORMAT  # the CLI's copy, kept to stay lazy
 
 
 def test_reward_sums_agree_with_fsum_at_extreme_magnitudes():

@@ -34,6 +34,7 @@ from test_prep import assert_chunk_matches_reference  # noqa: E402
 from pipelines.generate import GenConfig, battle_records  # noqa: E402
 from poke_rl import schema  # noqa: E402
 from poke_rl.cli import app  # noqa: E402
+from poke_rl.prep import PrepOptions, run_prep  # noqa: E402
 from poke_rl.prep.columnar import parse_chunk, reference_check, trajectory_key  # noqa: E402
 from poke_rl.prep.inputs import resolve_inputs  # noqa: E402
 
@@ -458,11 +459,12 @@ def test_a_signal_stops_prep_leaving_a_complete_output(tmp_path: Path, signum: i
                                                        phase: str, workers: int) -> None:  # fmt: skip
     source = write(tmp_path / "in.jsonl", VALID)
     out = tmp_path / "out"
-    subprocess.run(_cli(source, out), check=True, capture_output=True)
+    options = PrepOptions(progress=False, block_size=64, val_fraction=0.3)  # = ARGS
+    run_prep([str(source)], out, options)  # in this process: only the signalled run is the CLI
     old = snapshot(out)
     write(source, VALID[:-1])  # changed in place: a full rebuild
     fresh = tmp_path / "fresh"
-    subprocess.run(_cli(source, fresh), check=True, capture_output=True)
+    run_prep([str(source)], fresh, options)
     new = snapshot(fresh)
     env = {**os.environ, "POKE_RL_PREP_PAUSE": f"{phase}:{2 if phase == 'swap' else 60}"}
     proc = subprocess.Popen(_cli(source, out, "--workers", workers), env=env, stderr=subprocess.PIPE,
