@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,23 @@ def _canonical(node: object) -> str:
     return f"{type(node).__name__}:{node!r}"
 
 
+_SCALARS = {bool: bool, int: int, float: float, str: str}
+
+
+def normalised_config(config: Any) -> dict[str, Any]:
+    """A dataclass configuration as the fingerprint reads it: each field converted to its
+    declared scalar type, so configurations that compare equal (``turn_scale=100`` and
+    ``100.0``) serialise, hence fingerprint, the same. A field of another type is kept as is."""
+    hints = typing.get_type_hints(type(config))
+    values = dataclasses.asdict(config)
+    for item in dataclasses.fields(config):
+        convert = _SCALARS.get(hints.get(item.name))  # type: ignore[arg-type]
+        value = values[item.name]
+        if convert is not None and isinstance(value, (bool, int, float, str)):
+            values[item.name] = convert(value)
+    return values
+
+
 def compute_fingerprint(
     name: str, version: int, config: Any, layout: Mapping[str, Any], sources: bytes
 ) -> str:
@@ -61,7 +79,7 @@ def compute_fingerprint(
     header = {
         "name": name,
         "version": int(version),
-        "config": dataclasses.asdict(config),
+        "config": normalised_config(config),
         "config_type": type(config).__name__,
         "layout": layout,
     }

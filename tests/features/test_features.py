@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from poke_rl import dex, features, matchup_features, schema
 from poke_rl.batch import FIELDS, FeatureSpec
 from poke_rl.features import FeatureConfig, Preprocessor, columns_from_arrow
+from poke_rl.fingerprint import normalised_config
 
 REPO = Path(__file__).resolve().parents[2]
 V2_NUM = 1 + 12 + 30 + 24 + 62 + 15 + 3  # version, levels, stats, pp, volatile bits, turns, request
@@ -457,6 +458,16 @@ def test_fingerprint_changes_with_version_and_config(pre: Preprocessor) -> None:
         fingerprint = Preprocessor(dataclasses.replace(defaults, **{name: value})).fingerprint
         assert fingerprint not in seen, name
         seen.add(fingerprint)
+
+
+def test_equal_configurations_have_equal_fingerprints(pre: Preprocessor) -> None:
+    # each field read as its declared type: 100 and 100.0 are one configuration
+    as_int = FeatureConfig(turn_scale=100)
+    assert as_int == FeatureConfig() and Preprocessor(as_int).fingerprint == pre.fingerprint
+    assert normalised_config(as_int) == normalised_config(FeatureConfig())
+    assert type(normalised_config(as_int)["turn_scale"]) is float
+    assert Preprocessor(FeatureConfig(turn_scale=64)).fingerprint == Preprocessor(
+        FeatureConfig(turn_scale=64.0)).fingerprint != pre.fingerprint
 
 
 def test_fingerprint_changes_with_layout(pre: Preprocessor, monkeypatch) -> None:

@@ -414,9 +414,10 @@ def test_rebuild_rules(built, tmp_path, monkeypatch):
 def test_one_preprocessor_per_configuration_as_the_fingerprint_reads_it():
     default = prep_build._preprocessor(FeatureConfig())
     assert prep_build._preprocessor(FeatureConfig()) is default  # its fingerprint computed once
-    as_int = prep_build._preprocessor(FeatureConfig(turn_scale=100))  # == FeatureConfig(), but
-    assert as_int is not default  # the fingerprint's JSON reads 100, not 100.0
-    assert as_int.fingerprint == Preprocessor(FeatureConfig(turn_scale=100)).fingerprint != default.fingerprint
+    as_int = prep_build._preprocessor(FeatureConfig(turn_scale=100))  # == FeatureConfig(), and
+    assert as_int is default  # the fingerprint reads it as 100.0 too
+    assert Preprocessor(FeatureConfig(turn_scale=100)).fingerprint == default.fingerprint
+    assert prep_build._preprocessor(FeatureConfig(turn_scale=50)) is not default
 
 
 def test_unusable_inputs_and_strict(tmp_path, built):
