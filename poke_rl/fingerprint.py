@@ -3,13 +3,15 @@
 The fingerprint hashes the preprocessor's explicit version, its configuration, its output layout
 (features and tensor storage, ``storage.LAYOUT_VERSION`` included) and the normalised syntax tree
 of the feature code: a code change is never missed, a comment or formatting change rebuilds
-nothing. ``features`` names the source files and calls these.
+nothing. The configuration is read field by field as its declared type (``normalised_config``).
+``features`` names the source files and calls these.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import typing
@@ -35,7 +37,15 @@ def normalised_source(path: Path, data: bytes) -> bytes:
     code does); for data files, the bytes."""
     if path.suffix != ".py":
         return data
-    tree = _without_docstrings(ast.parse(data, filename=str(path)))
+    return _normalised_python(data, str(path))
+
+
+@functools.lru_cache(maxsize=32)
+def _normalised_python(data: bytes, filename: str) -> bytes:
+    """``normalised_source`` of Python code, cached by the file's bytes: a process makes
+    several preprocessors (prep, tests, notebooks), each fingerprint reading the same sources;
+    an edited file has other bytes, so it is parsed again."""
+    tree = _without_docstrings(ast.parse(data, filename=filename))
     return _canonical(tree).encode()
 
 
