@@ -145,6 +145,20 @@ def interleaved_rates(
     return {name: Spread.of(values) for name, values in rates.items()}
 
 
+def profile_transform(run: Callable[[], None], reps: int, lines: int) -> None:
+    """Print where ``run``'s CPU time goes (cProfile, own time per function) over ``reps`` calls."""
+    import cProfile
+    import pstats
+
+    run()  # the kernels' first call loads (or compiles) them
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    for _ in range(reps):
+        run()
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="observations (columnar)")
@@ -153,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall clock or this process's CPU time")
+    parser.add_argument("--profile", type=int, default=0, metavar="LINES",
+                        help="instead of timing: cProfile --reps calls of `transform_columns` "
+                             "(after a warm-up) and print its LINES costliest functions")
     args = parser.parse_args(argv)
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -184,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
             pre.transform_columns(columns)
 
     prepared = [columns_from_arrow(batch, "obs_") for batch in batches]
+    if args.profile:
+        profile_transform(columnar_transform_only, args.reps, args.profile)
+        return
     without = Preprocessor(FeatureConfig(matchup_features=False))  # features v3 less the matchup
     v2 = Preprocessor(FeatureConfig(v2_features=False, matchup_features=False))  # features v2
     seed_name = "seed baseline: per-dict torch tensors per field + cat"
