@@ -71,14 +71,18 @@ _SCALARS = {bool: bool, int: int, float: float, str: str}
 def normalised_config(config: Any) -> dict[str, Any]:
     """A dataclass configuration as the fingerprint reads it: each field converted to its
     declared scalar type, so configurations that compare equal (``turn_scale=100`` and
-    ``100.0``) serialise, hence fingerprint, the same. A field of another type is kept as is."""
+    ``100.0``) serialise, hence fingerprint, the same. Only a lossless conversion is made: a
+    value the declared type would change (``1.5`` in an ``int`` field) is kept as is, so
+    configurations that differ never share a fingerprint. A field of another type is kept too."""
     hints = typing.get_type_hints(type(config))
     values = dataclasses.asdict(config)
     for item in dataclasses.fields(config):
         convert = _SCALARS.get(hints.get(item.name))  # type: ignore[arg-type]
         value = values[item.name]
         if convert is not None and isinstance(value, (bool, int, float, str)):
-            values[item.name] = convert(value)
+            converted = convert(value)
+            if converted == value:
+                values[item.name] = converted
     return values
 
 

@@ -468,6 +468,10 @@ def test_equal_configurations_have_equal_fingerprints(pre: Preprocessor) -> None
     assert type(normalised_config(as_int)["turn_scale"]) is float
     assert Preprocessor(FeatureConfig(turn_scale=64)).fingerprint == Preprocessor(
         FeatureConfig(turn_scale=64.0)).fingerprint != pre.fingerprint
+    # a lossy conversion is never made: 300.5 in the int field turn_clip is another configuration
+    assert normalised_config(FeatureConfig(turn_clip=300.5))["turn_clip"] == 300.5
+    assert Preprocessor(FeatureConfig(turn_clip=300.5)).fingerprint != pre.fingerprint
+    assert type(normalised_config(FeatureConfig(turn_clip=300.0))["turn_clip"]) is int
 
 
 def test_fingerprint_changes_with_layout(pre: Preprocessor, monkeypatch) -> None:
