@@ -142,10 +142,10 @@ def _batch(data: torch.Tensor, layout: BatchLayout, num: torch.Tensor, ids: torc
     """The ``Batch`` of decoded [2B, ...] state arrays (states, then next states) and the
     transition fields' views of ``data`` (done: 0/1 bytes, checked on read)."""
     rows, start = layout.rows, layout.transitions_offset
-    action, reward, done = data[start : start + _PER_TRANSITION_BYTES * rows].split((8 * rows, 4 * rows, rows))
-    (ids, next_ids), (num, next_num), (mask, next_mask) = ids.chunk(2), num.chunk(2), mask.chunk(2)
-    return Batch(ids, num, next_ids, next_num, action.view(torch.int64), reward.view(torch.float32),
-                 done.view(torch.bool), mask, next_mask)  # fmt: skip
+    action = data[start : start + 8 * rows].view(torch.int64)  # slices: ~10 µs less than split()
+    reward = data[start + 8 * rows : start + 12 * rows].view(torch.float32)
+    done = data[start + 12 * rows : start + _PER_TRANSITION_BYTES * rows].view(torch.bool)
+    return Batch(ids[:rows], num[:rows], ids[rows:], num[rows:], action, reward, done, mask[:rows], mask[rows:])
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,9 +231,10 @@ def gather_group(
     """Gather several batches (each a list of (block, rows) pieces) into one tensor; ``shared``:
     allocate it in shared memory (worker processes), so handing it over copies nothing. Raises
     ``ShardError`` when one batch would mix blocks of different storage layouts."""
-    parts, total_bytes = [], 0
+    parts, total_bytes, counts = [], 0, []
     for pieces in batches:
-        rows = sum(rows_len(order) for _, order in pieces)
+        counts.append([rows_len(order) for _, order in pieces])
+        rows = sum(counts[-1])
         key = pieces[0][0].layout_key
         if any(block.layout_key != key for block, _ in pieces[1:]):
             raise ShardError("blocks of different storage layouts in one split (shards from different preps)")
@@ -242,14 +243,13 @@ def gather_group(
         total_bytes += layout.nbytes
     data = _empty_bytes(total_bytes, shared)
     buffer = data.numpy()
-    for pieces, (base, _, rows, layout) in zip(batches, parts, strict=True):
+    for pieces, sizes, (base, _, rows, layout) in zip(batches, counts, parts, strict=True):
         width = layout.state_bytes
         states = buffer[base : base + 2 * rows * width].reshape(2 * rows, width)
         records = np.empty(rows, dtype=storage.TRANSITION_DTYPE)
         record_bytes = records.view(np.uint8).reshape(rows, storage.TRANSITION_DTYPE.itemsize)
         row = 0
-        for block, order in pieces:
-            count = rows_len(order)
+        for (block, order), count in zip(pieces, sizes, strict=True):
             out = record_bytes[row : row + count]
             if isinstance(order, slice):
                 out[...] = block.transition_bytes[order]
