@@ -184,7 +184,7 @@ def _decode_numbers(u8, u16, f32, full_at, half_at, flags_at, full_to, half_to, 
                     half_table, bit_table, num):  # fmt: skip
     """State rows (one byte array, viewed as uint16 and float32; offsets in those units) →
     ``num`` in feature order: float32 columns copied, float16 ones through ``half_table``, flag
-    j (bit j % 8 of byte j // 8) through ``bit_table``. One pass: ~3 × faster than torch's
+    j (bit j % 8 of byte j // 8) through ``bit_table``. One pass: ~2 × faster than torch's
     ~20 calls on a CPU (measured, BENCHMARKS.md "Fourth pass")."""
     for r in range(u8.shape[0]):
         out, byte_row, half_row, full_row = num[r], u8[r], u16[r], f32[r]
