@@ -19,9 +19,9 @@ class DeviceLoader:
     """Feed a loader's batches to ``device``, assembled ahead of the consumer.
 
     With ``background`` > 0 a producer thread assembles up to that many batches ahead (the row
-    gathers and copies release the GIL), so batch assembly overlaps the training step on CPU and
-    GPU alike (on 2 busy cores, with and without it were within noise of each other, the thread
-    ahead in 3 of 4 runs: BENCHMARKS.md, "Layout v3"). On CUDA each batch is pinned (by the
+    gathers and copies release the GIL), so batch assembly can overlap the training step.
+    ``background`` None: 2 on CUDA, 0 elsewhere: on a CPU the thread did not pay, with or without
+    a training step per batch (BENCHMARKS.md, "Fourth pass"). On CUDA each batch is pinned (by the
     DataLoader's pin thread) and copied with ``non_blocking`` on a side stream one batch ahead of
     the one returned, then decoded there (``PackedBatch``). ``prefetch=True`` forces that
     one-ahead path on CPU (for tests). ``state_dict`` always excludes the batches
@@ -34,13 +34,13 @@ class DeviceLoader:
         device: torch.device | str,
         *,
         prefetch: bool | None = None,
-        background: int = 2,
+        background: int | None = None,
     ) -> None:
         self.loader = loader
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.prefetch = self.cuda if prefetch is None else prefetch
-        self.background = background
+        self.background = (2 if self.cuda else 0) if background is None else background
         self._lock = threading.Lock()
         self._produced = 0  # batches taken from the loader in the current iteration
         self._returned = 0  # batches handed to the consumer in the current iteration

@@ -27,6 +27,7 @@ import torch
 
 from poke_rl import storage
 from poke_rl.batch import Batch
+from poke_rl.feature_columns import compiled
 from poke_rl.loader.stages import Block, rows_len
 from poke_rl.shards import ShardError
 
@@ -104,8 +105,16 @@ class PackedBatch(NamedTuple):
 
 
 def decode(data: torch.Tensor, layout: BatchLayout) -> Batch:
-    """Storage-dtype bytes → ``Batch`` (float32 ``num`` in feature order), on ``data``'s device.
-    On a CPU each torch call costs a few µs whatever its size, so the calls are few (~30)."""
+    """Storage-dtype bytes → ``Batch`` (float32 ``num`` in feature order), on ``data``'s device:
+    on a CPU one compiled pass over the state rows (``_decode_numbers``), elsewhere torch calls."""
+    if data.device.type == "cpu":
+        return _decode_on_cpu(data, layout)
+    return decode_with_torch(data, layout)
+
+
+def decode_with_torch(data: torch.Tensor, layout: BatchLayout) -> Batch:
+    """``decode`` by torch calls (any device). On a CPU each costs a few µs whatever its size,
+    so they are few (~30); the compiled pass is still faster there (BENCHMARKS.md)."""
     rows, width, device = layout.rows, layout.state_bytes, data.device
     states = data[: 2 * rows * width].view(2 * rows, width)
     (full_at, full), (half_at, half), (ids_at, id_count) = layout.full, layout.half, layout.ids
@@ -125,12 +134,66 @@ def decode(data: torch.Tensor, layout: BatchLayout) -> Batch:
     ids = states[:, ids_at : ids_at + 2 * id_count].view(torch.int16).contiguous()
     # 0/1 bytes (checked on read) viewed as bool: ``!= 0`` on this strided view costs ~20x more
     mask = states[:, mask_at : mask_at + actions].view(torch.bool).contiguous()
-    start = layout.transitions_offset
-    action, reward, done = data[start : start + _PER_TRANSITION_BYTES * rows].split((8 * rows, 4 * rows, rows))
-    (ids, next_ids), (num, next_num), (mask, next_mask) = ids.chunk(2), num.chunk(2), mask.chunk(2)
-    # done: 0/1 bytes, checked on read
-    return Batch(ids, num, next_ids, next_num, action.view(torch.int64), reward.view(torch.float32),
-                 done.view(torch.bool), mask, next_mask)  # fmt: skip
+    return _batch(data, layout, num, ids, mask)
+
+
+def _batch(data: torch.Tensor, layout: BatchLayout, num: torch.Tensor, ids: torch.Tensor,
+           mask: torch.Tensor) -> Batch:  # fmt: skip
+    """The ``Batch`` of decoded [2B, ...] state arrays (states, then next states) and the
+    transition fields' views of ``data`` (done: 0/1 bytes, checked on read)."""
+    rows, start = layout.rows, layout.transitions_offset
+    action = data[start : start + 8 * rows].view(torch.int64)  # slices: ~10 µs less than split()
+    reward = data[start + 8 * rows : start + 12 * rows].view(torch.float32)
+    done = data[start + 12 * rows : start + _PER_TRANSITION_BYTES * rows].view(torch.bool)
+    return Batch(ids[:rows], num[:rows], ids[rows:], num[rows:], action, reward, done, mask[:rows], mask[rows:])
+
+
+@functools.lru_cache(maxsize=1)
+def _half_table() -> np.ndarray:
+    """float32 [65536]: the value of each float16 bit pattern (exact: float16 ⊂ float32)."""
+    return np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _cpu_arguments(layout: BatchLayout) -> tuple[Any, ...]:
+    """The compiled pass's arguments after the rows, per layout: the groups' offsets (in units of
+    their dtype), the ``num`` column of each stored full, half and flag column (uint64: no
+    wraparound checks in the loop), the float16 and the bit tables."""
+    (full_at, full), (half_at, half), (flags_at, _) = layout.full, layout.half, layout.flags
+    order = np.frombuffer(layout.num_order, dtype=np.int16).astype(np.uint64)
+    return (full_at // 4, half_at // 2, flags_at, order[:full].copy(), order[full : full + half].copy(),
+            order[full + half :].copy(), _half_table(), _bit_table(torch.device("cpu")).numpy())  # fmt: skip
+
+
+def _decode_on_cpu(data: torch.Tensor, layout: BatchLayout) -> Batch:
+    rows, width = layout.rows, layout.state_bytes
+    (ids_at, id_count), (mask_at, actions) = layout.ids, layout.mask
+    states = data[: 2 * rows * width].view(2 * rows, width)
+    row_bytes = states.numpy()
+    num = torch.empty(2 * rows, len(layout.num_order) // 2, dtype=torch.float32)
+    _decode_numbers(row_bytes, row_bytes.view(np.uint16), row_bytes.view(np.float32),
+                    *_cpu_arguments(layout), num.numpy())  # fmt: skip
+    # ids and mask by torch (a strided copy each; no faster in the compiled loop: measured)
+    ids = states[:, ids_at : ids_at + 2 * id_count].view(torch.int16).contiguous()
+    mask = states[:, mask_at : mask_at + actions].view(torch.bool).contiguous()
+    return _batch(data, layout, num, ids, mask)
+
+
+@compiled
+def _decode_numbers(u8, u16, f32, full_at, half_at, flags_at, full_to, half_to, flag_to,
+                    half_table, bit_table, num):  # fmt: skip
+    """State rows (one byte array, viewed as uint16 and float32; offsets in those units) →
+    ``num`` in feature order: float32 columns copied, float16 ones through ``half_table``, flag
+    j (bit j % 8 of byte j // 8) through ``bit_table``. One pass: ~2 × faster than torch's
+    ~20 calls on a CPU (measured, BENCHMARKS.md "Fourth pass")."""
+    for r in range(u8.shape[0]):
+        out, byte_row, half_row, full_row = num[r], u8[r], u16[r], f32[r]
+        for c in range(full_to.shape[0]):
+            out[full_to[c]] = full_row[full_at + c]
+        for c in range(half_to.shape[0]):
+            out[half_to[c]] = half_table[half_row[half_at + c]]
+        for c in range(flag_to.shape[0]):
+            out[flag_to[c]] = bit_table[byte_row[flags_at + (c >> 3)], c & 7]
 
 
 class PackedGroup(NamedTuple):
@@ -168,9 +231,10 @@ def gather_group(
     """Gather several batches (each a list of (block, rows) pieces) into one tensor; ``shared``:
     allocate it in shared memory (worker processes), so handing it over copies nothing. Raises
     ``ShardError`` when one batch would mix blocks of different storage layouts."""
-    parts, total_bytes = [], 0
+    parts, total_bytes, counts = [], 0, []
     for pieces in batches:
-        rows = sum(rows_len(order) for _, order in pieces)
+        counts.append([rows_len(order) for _, order in pieces])
+        rows = sum(counts[-1])
         key = pieces[0][0].layout_key
         if any(block.layout_key != key for block, _ in pieces[1:]):
             raise ShardError("blocks of different storage layouts in one split (shards from different preps)")
@@ -179,14 +243,13 @@ def gather_group(
         total_bytes += layout.nbytes
     data = _empty_bytes(total_bytes, shared)
     buffer = data.numpy()
-    for pieces, (base, _, rows, layout) in zip(batches, parts, strict=True):
+    for pieces, sizes, (base, _, rows, layout) in zip(batches, counts, parts, strict=True):
         width = layout.state_bytes
         states = buffer[base : base + 2 * rows * width].reshape(2 * rows, width)
         records = np.empty(rows, dtype=storage.TRANSITION_DTYPE)
         record_bytes = records.view(np.uint8).reshape(rows, storage.TRANSITION_DTYPE.itemsize)
         row = 0
-        for block, order in pieces:
-            count = rows_len(order)
+        for (block, order), count in zip(pieces, sizes, strict=True):
             out = record_bytes[row : row + count]
             if isinstance(order, slice):
                 out[...] = block.transition_bytes[order]

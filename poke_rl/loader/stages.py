@@ -248,21 +248,21 @@ def interleave_blocks(
     replacing a finished block with the next: a batch cut from this stream draws its rows from
     ``ways`` blocks (so from ``ways`` times as many battles). Yields (block, rows) pieces."""
     source = iter(ordered)
-    hands = [[block, order, 0] for block, order in itertools.islice(source, ways)]
+    hands = [[block, order, 0, rows_len(order)] for block, order in itertools.islice(source, ways)]
     slot = 0
     while hands:
         slot %= len(hands)
-        block, order, position = hands[slot]
-        stop = min(position + chunk_rows, rows_len(order))
+        block, order, position, total = hands[slot]
+        stop = min(position + chunk_rows, total)
         yield block, rows_slice(order, position, stop)
-        if stop < rows_len(order):
+        if stop < total:
             hands[slot][2] = stop
         else:
             following = next(source, None)
             if following is None:
                 hands.pop(slot)
                 continue
-            hands[slot] = [following[0], following[1], 0]
+            hands[slot] = [following[0], following[1], 0, rows_len(following[1])]
         slot += 1
 
 

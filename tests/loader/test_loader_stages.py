@@ -7,7 +7,10 @@ import numpy as np
 import torch
 from test_loader import make_block, uids
 
+from poke_rl import storage
+from poke_rl.batch import FIELDS
 from poke_rl.loader import packing, plan, stages
+from poke_rl.shards import block_from_transitions
 
 
 def test_split_stages_partition_a_list() -> None:
@@ -87,3 +90,33 @@ def test_interleave_blocks_takes_chunks_in_turn() -> None:
     pieces = [(name, rows.tolist()) for name, rows in stages.interleave_blocks(ordered, 2, 2)]
     assert pieces == [("a", [0, 1]), ("b", [0, 1]), ("a", [2, 3]), ("c", [0, 1]), ("a", [4]),
                       ("c", [2])]
+
+
+def test_compiled_cpu_decode_equals_torch_decode_and_the_reference() -> None:
+    """``packing.decode`` on a CPU (one compiled pass) gives the bits of the torch calls it
+    replaces there (``decode_with_torch``, what other devices run) and of ``Block.decode``, for
+    every storage group at once: float32, float16 and 11 flag bits (not a whole byte) in a shuffled
+    feature order, signed ids, masks; rows taken out of order from two blocks."""
+    rng = np.random.default_rng(5)
+    order = rng.permutation(17)
+    layout = storage.StateLayout(3, tuple(order[:4]), tuple(order[4:6]), tuple(order[6:]))
+    blocks = []
+    for _ in range(2):
+        num = rng.standard_normal((9, 17)).astype(np.float32)
+        num[:, list(layout.flags)] = rng.random((9, 11)) < 0.5
+        num[:, list(layout.half)] = num[:, list(layout.half)].astype(np.float16)
+        mask = rng.random((9, 10)) < 0.5
+        arrays = {"ids": rng.integers(-300, 300, (9, 3)).astype(np.int16), "num": num,
+                  "next_num": -num, "action": rng.integers(0, 10, 9), "reward": num[:, 0],
+                  "done": rng.random(9) < 0.5, "mask": mask, "next_mask": ~mask}  # fmt: skip
+        arrays["next_ids"] = arrays["ids"] + 7
+        blocks.append(block_from_transitions(arrays, layout))
+    pieces = [(blocks[0], np.array([4, 0, 8])), (blocks[1], slice(2, 7)), (blocks[0], np.array([1]))]
+    packed = packing.gather(pieces)
+    compiled, by_torch = packed.unpack(), packing.decode_with_torch(packed.data, packed.layout)
+    expected = {name: np.concatenate([block.decode()[name][rows] for block, rows in pieces])
+                for name in FIELDS}  # fmt: skip
+    for name, a, b in zip(FIELDS, compiled, by_torch, strict=True):
+        assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b), name
+        assert np.array_equal(a.numpy(), expected[name]), name
+    assert compiled.num[:, list(layout.flags)].unique().tolist() == [0.0, 1.0]
