@@ -115,10 +115,9 @@ def decode(data: torch.Tensor, layout: BatchLayout) -> Batch:
 def decode_with_torch(data: torch.Tensor, layout: BatchLayout) -> Batch:
     """``decode`` by torch calls (any device). On a CPU each costs a few µs whatever its size,
     so they are few (~30); the compiled pass is still faster there (BENCHMARKS.md)."""
-    rows, width, device = layout.rows, layout.state_bytes, data.device
-    states = data[: 2 * rows * width].view(2 * rows, width)
-    (full_at, full), (half_at, half), (ids_at, id_count) = layout.full, layout.half, layout.ids
-    (flags_at, flag_bytes), (mask_at, actions), flags = layout.flags, layout.mask, layout.flag_columns
+    rows, device, states = layout.rows, data.device, _state_rows(data, layout)
+    (full_at, full), (half_at, half) = layout.full, layout.half
+    (flags_at, flag_bytes), flags = layout.flags, layout.flag_columns
     # the stored columns side by side (copy_ casts as it copies; measured ~1.4x faster than
     # torch.cat of cast groups on CPU), then one gather of the columns into feature order
     stored = torch.empty(2 * rows, full + half + flags, dtype=torch.float32, device=device)
@@ -130,17 +129,22 @@ def decode_with_torch(data: torch.Tensor, layout: BatchLayout) -> Batch:
         # floats in a 256-row table (measured ~2x faster than shifts and ands, or numpy's unpackbits)
         index = states[:, flags_at : flags_at + flag_bytes].int().view(-1)
         stored[:, full + half :].copy_(_bit_table(device).index_select(0, index).view(2 * rows, -1)[:, :flags])
-    num = stored.index_select(1, _inverse_order(layout.num_order, device))
+    return _batch(data, layout, states, stored.index_select(1, _inverse_order(layout.num_order, device)))
+
+
+def _state_rows(data: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    """The batch's [2B, state bytes] state rows (states, then next states) at the head of ``data``."""
+    return data[: 2 * layout.rows * layout.state_bytes].view(2 * layout.rows, layout.state_bytes)
+
+
+def _batch(data: torch.Tensor, layout: BatchLayout, states: torch.Tensor, num: torch.Tensor) -> Batch:
+    """The ``Batch`` of the decoded [2B, F] ``num``, the ids and masks copied out of the state
+    rows (a strided copy each; no faster in the compiled loop: measured) and the transition
+    fields' views of ``data`` (done: 0/1 bytes, checked on read)."""
+    (ids_at, id_count), (mask_at, actions) = layout.ids, layout.mask
     ids = states[:, ids_at : ids_at + 2 * id_count].view(torch.int16).contiguous()
     # 0/1 bytes (checked on read) viewed as bool: ``!= 0`` on this strided view costs ~20x more
     mask = states[:, mask_at : mask_at + actions].view(torch.bool).contiguous()
-    return _batch(data, layout, num, ids, mask)
-
-
-def _batch(data: torch.Tensor, layout: BatchLayout, num: torch.Tensor, ids: torch.Tensor,
-           mask: torch.Tensor) -> Batch:  # fmt: skip
-    """The ``Batch`` of decoded [2B, ...] state arrays (states, then next states) and the
-    transition fields' views of ``data`` (done: 0/1 bytes, checked on read)."""
     rows, start = layout.rows, layout.transitions_offset
     action = data[start : start + 8 * rows].view(torch.int64)  # slices: ~10 µs less than split()
     reward = data[start + 8 * rows : start + 12 * rows].view(torch.float32)
@@ -166,17 +170,12 @@ def _cpu_arguments(layout: BatchLayout) -> tuple[Any, ...]:
 
 
 def _decode_on_cpu(data: torch.Tensor, layout: BatchLayout) -> Batch:
-    rows, width = layout.rows, layout.state_bytes
-    (ids_at, id_count), (mask_at, actions) = layout.ids, layout.mask
-    states = data[: 2 * rows * width].view(2 * rows, width)
+    states = _state_rows(data, layout)
     row_bytes = states.numpy()
-    num = torch.empty(2 * rows, len(layout.num_order) // 2, dtype=torch.float32)
+    num = torch.empty(2 * layout.rows, len(layout.num_order) // 2, dtype=torch.float32)
     _decode_numbers(row_bytes, row_bytes.view(np.uint16), row_bytes.view(np.float32),
                     *_cpu_arguments(layout), num.numpy())  # fmt: skip
-    # ids and mask by torch (a strided copy each; no faster in the compiled loop: measured)
-    ids = states[:, ids_at : ids_at + 2 * id_count].view(torch.int16).contiguous()
-    mask = states[:, mask_at : mask_at + actions].view(torch.bool).contiguous()
-    return _batch(data, layout, num, ids, mask)
+    return _batch(data, layout, states, num)
 
 
 @compiled
