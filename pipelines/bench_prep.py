@@ -19,7 +19,12 @@ machine in this run:
   four parts (flat = streaming);
 - tensor-shard bytes over the raw bytes of the arrays they hold.
 
-With ``--rebuild-only``, only the rebuild against a full prep (one table row).
+With ``--rebuild-only``, only the rebuild against a full prep (one table row), and the share of
+accepted trajectories that end truncated: a rebuild reads the ``next_obs_`` columns of a part only
+when one of its trajectories is truncated, and the generated corpus truncates ~4 % of them while a
+collected one (``poke-rl collect``, ``convert``) ends every battle. ``--corpus FILE...`` measures
+the same on existing trajectory files instead of the generated corpus (read only; the outputs go
+under ``--cache``).
 
 With ``--ray``, only this instead (one run each, ``--reps`` ignored): prep with 2 local workers
 against prep on a local Ray cluster of 2 logical CPUs (``ray.init(num_cpus=2)`` in the same
@@ -262,6 +267,13 @@ def rebuild_vs_full(corpus: list[Path], out: Path, reps: int) -> tuple[Spread, S
             Spread.of(r[2] for r in rebuilds), Spread.of(r[2] for r in fulls))  # fmt: skip
 
 
+def truncated_share(out: Path) -> str:
+    """What of the accepted trajectories of ``out`` end truncated, from its manifest."""
+    counts = json.loads((out / "manifest.json").read_bytes())["counts"]
+    accepted = counts["terminal"] + counts["truncated"]
+    return f"{counts['truncated']:,} of {accepted:,} trajectories truncated ({counts['truncated'] / accepted:.1%})"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="corpus size (a multiple of --part-mb)")
@@ -272,17 +284,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--ray", action="store_true", help="only: 2 local workers vs a 2-CPU Ray cluster")
     parser.add_argument("--rebuild-only", action="store_true", help="only: the rebuild against a full prep")
+    parser.add_argument("--corpus", type=Path, nargs="+", help="with --rebuild-only: these trajectory "
+                        "files instead of the generated corpus")  # fmt: skip
     args = parser.parse_args(argv)
     parts = max(1, args.size_mb // args.part_mb)
     if args.rebuild_only:
-        corpus = corpus_parts(args.cache, parts, args.part_mb, args.seed)
+        corpus = sorted(args.corpus) if args.corpus else corpus_parts(args.cache, parts, args.part_mb, args.seed)
         load = os.getloadavg()
-        rebuild_wall, full_wall, rebuild_cpu, full_cpu = rebuild_vs_full(corpus, args.cache / "out", args.reps)
+        out = args.cache / "out"
+        rebuild_wall, full_wall, rebuild_cpu, full_cpu = rebuild_vs_full(corpus, out, args.reps)
         print(f"`python -m pipelines.bench_prep {' '.join(sys.argv[1:] if argv is None else argv)}`: "
-              f"{sum(p.stat().st_size for p in corpus) / 1e6:,.0f} MB of JSONL; load {load[0]:.1f} before, "
-              f"{os.getloadavg()[0]:.1f} after\n\n| rebuild after a preprocessor change, 1 worker | "
-              f"{rebuild_wall.text('.1f')} s vs full prep {full_wall.text('.1f')} s ({rebuild_cpu.text('.1f')} vs "
-              f"{full_cpu.text('.1f')} CPU-s) | {full_wall.median / rebuild_wall.median:.2f} × faster, "
+              f"{sum(p.stat().st_size for p in corpus) / 1e6:,.0f} MB in {len(corpus)} file(s), "
+              f"{truncated_share(out)}; load {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after\n\n"
+              f"| rebuild after a preprocessor change, 1 worker | "
+              f"{rebuild_wall.text('.2f')} s vs full prep {full_wall.text('.2f')} s ({rebuild_cpu.text('.2f')} vs "
+              f"{full_cpu.text('.2f')} CPU-s) | {full_wall.median / rebuild_wall.median:.2f} × faster, "
               f"{full_cpu.median / rebuild_cpu.median:.2f} × less CPU (aim ≥ 3) |")  # fmt: skip
         return
     if args.ray:

@@ -147,14 +147,21 @@ def process_chunk(task: ChunkTask, settings: BuildSettings) -> ChunkOutcome:
     return outcome
 
 
+# What a rebuild reads of a part besides the ``obs_`` columns (and ``--where``'s): trajectory
+# bounds, the transition fields and the mask; not ``split`` (recomputed), ``next_mask`` (only
+# the truncated tails') nor the metadata.
+_REBUILD_COLUMNS = frozenset({"replay_id", "player", "t", "action", "reward", "done", "mask"})
+
+
 def rebuild_part(part_path: str, index: int, settings: BuildSettings) -> PartShards:
     """A Parquet part → its tensor shards (preprocessor, split, block size or --where changed).
-    Reads the ``next_obs_`` columns only when a trajectory of the part is truncated, and then keeps
-    only those trajectories' last rows of them: layout v3 stores each state once. With
-    ``rewrite_parts`` (val_fraction changed) the part is first written to the staging with its
-    ``split`` column recomputed."""
+    Reads only the columns the shards need: the ``next_obs_`` columns only when a trajectory of
+    the part is truncated, and then keeps only those trajectories' last rows of them: layout v3
+    stores each state once. With ``rewrite_parts`` (val_fraction changed) the part is first
+    written to the staging with its ``split`` column recomputed."""
     full = schema.transition_arrow_schema()
-    own = pa.schema([f for f in full if not f.name.startswith("next_obs_")])
+    used = _REBUILD_COLUMNS | (set(where.COLUMNS) if settings.where is not None else set())
+    own = pa.schema([f for f in full if f.name in used or f.name.startswith("obs_")])
     if settings.rewrite_parts:
         whole = pq.read_table(part_path).cast(full)
         in_val = is_val(whole.column("replay_id").combine_chunks(), settings.val_fraction)
