@@ -51,6 +51,18 @@ def truncated_last_rows(table: pa.Table, starts: np.ndarray, lengths: np.ndarray
     return last[~done[last]]
 
 
+def tail_schema() -> pa.Schema:
+    """The columns of a truncated trajectory's last next state: ``next_mask`` and ``next_obs_``."""
+    full = schema.transition_arrow_schema()
+    return pa.schema([full.field("next_mask"), *(f for f in full if f.name.startswith("next_obs_"))])
+
+
+def truncated_tails(table: pa.Table, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, pa.Table]:
+    """(``truncated_last_rows``, their ``tail_schema`` columns) of a table holding ``next_obs_``."""
+    rows = truncated_last_rows(table, starts, lengths)
+    return rows, table.select(tail_schema().names).take(pa.array(rows, type=pa.int64()))
+
+
 def state_rows(
     table: pa.Table, starts: np.ndarray, lengths: np.ndarray, preprocessor: Preprocessor, tails: pa.Table
 ) -> np.ndarray:

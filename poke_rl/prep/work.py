@@ -4,6 +4,7 @@ output never depends on how many workers run."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import signal
@@ -25,6 +26,8 @@ from poke_rl.prep.columnar import parse_chunk
 from poke_rl.prep.inputs import read_range
 from poke_rl.prep.steps import explode
 
+TAILS_KEY = b"poke_rl.truncated_tails"  # Parquet key-value metadata: see ``write_part``
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 PAUSE_ENV = "POKE_RL_PREP_PAUSE"  # "<phase>" or "<phase>:<seconds>": sleep there (kill tests)
 _PERMUTATION_SEED = 0x706F6B65
 
@@ -138,9 +141,11 @@ def process_chunk(task: ChunkTask, settings: BuildSettings) -> ChunkOutcome:
     )
     del data, result, batch
     _check_parent(settings)
-    write_part(exploded.table, Path(settings.staging) / "transitions" / part_name(task.index))
+    table = exploded.table
+    tail_rows, tails = blocks.truncated_tails(table, *blocks.trajectory_bounds(table))
+    write_part(table, Path(settings.staging) / "transitions" / part_name(task.index), tail_rows, tails)
     pause_point("parquet")
-    written = write_part_shards(exploded.table, task.index, settings)
+    written = write_part_shards(table, task.index, settings, tails)
     outcome.shards = written.shards
     outcome.dropped = (written.dropped_trajectories, written.dropped_transitions)
     pause_point("shards")
@@ -168,7 +173,7 @@ def rebuild_part(part_path: str, index: int, settings: BuildSettings) -> PartSha
         split = pa.array(np.where(in_val, "val", "train"), type=pa.string())
         whole = whole.set_column(full.get_field_index("split"), full.field("split"), split)
         part_path = str(Path(settings.staging) / "transitions" / part_name(index))
-        write_part(whole, Path(part_path))
+        write_part(whole, Path(part_path), *blocks.truncated_tails(whole, *blocks.trajectory_bounds(whole)))
         del whole
     parquet = pq.ParquetFile(part_path)
     table = parquet.read(columns=own.names)
@@ -176,17 +181,50 @@ def rebuild_part(part_path: str, index: int, settings: BuildSettings) -> PartSha
         table = table.cast(own)
     starts, lengths = blocks.trajectory_bounds(table)
     truncated = blocks.truncated_last_rows(table, starts, lengths)
-    tails = None
-    if len(truncated):
-        following = pa.schema([full.field("next_mask"), *(f for f in full if f.name.startswith("next_obs_"))])
+    following = blocks.tail_schema()
+    tails = stored_tails(parquet, truncated) if len(truncated) else following.empty_table()
+    if tails is None:
         tails = parquet.read(columns=following.names).take(pa.array(truncated, type=pa.int64()))
         if tails.schema != following:
             tails = tails.cast(following)
     return write_part_shards(table, index, settings, tails)
 
 
-def write_part(table: pa.Table, path: Path) -> None:
+def stored_tails(parquet: pq.ParquetFile, rows: np.ndarray) -> pa.Table | None:
+    """The ``blocks.tail_schema`` columns of ``rows`` as ``write_part`` stored them in the part's
+    key-value metadata, or None (a part written before, or a copy that does not name exactly
+    these rows in these columns: then the rebuild reads the columns)."""
+    blob = (parquet.schema_arrow.metadata or {}).get(TAILS_KEY)
+    if blob is None:
+        return None
+    try:
+        stored = pa.ipc.open_stream(base64.b64decode(blob, validate=True)).read_all()
+        stored.validate(full=True)
+    except (pa.ArrowException, ValueError):  # binascii.Error is a ValueError
+        return None
+    expected = pa.schema([pa.field("row", pa.int64(), nullable=False), *blocks.tail_schema()])
+    if not stored.schema.remove_metadata().equals(expected):
+        return None
+    if not np.array_equal(stored.column("row").to_numpy(), rows):
+        return None
+    return stored.drop_columns(["row"])
+
+
+def write_part(table: pa.Table, path: Path, tail_rows: np.ndarray | None = None,
+               tails: pa.Table | None = None) -> None:
+    """Write a Parquet part. ``tails`` (the ``blocks.tail_schema`` columns of the truncated
+    trajectories' last rows ``tail_rows``) is also stored in the file's key-value metadata under
+    ``TAILS_KEY``, with their row numbers, as a zstd Arrow IPC stream in base64: a rebuild takes
+    those few next states from there instead of decoding every row of the ``next_obs_`` columns."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tails is not None and tails.num_rows:
+        rows = pa.array(np.asarray(tail_rows, dtype=np.int64))
+        stored = tails.add_column(0, pa.field("row", pa.int64(), nullable=False), rows)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, stored.schema, options=_IPC_OPTIONS) as writer:
+            writer.write_table(stored)
+        # base64: Parquet's key-value metadata is UTF-8 text (polars refuses other bytes)
+        table = table.replace_schema_metadata({TAILS_KEY: base64.b64encode(sink.getvalue().to_pybytes())})
     # dictionary pages only where values repeat (ids): measured ~25 % faster and smaller
     repeated = ["replay_id", "player", "split", "format", "agent"]
     pq.write_table(table, tmp, compression="zstd", use_dictionary=repeated)
@@ -224,7 +262,7 @@ def write_part_shards(
     preprocessor = Preprocessor(settings.feature_config)
     starts, lengths = blocks.trajectory_bounds(table)
     if tails is None:
-        tails = table.take(pa.array(blocks.truncated_last_rows(table, starts, lengths), type=pa.int64()))
+        tails = blocks.truncated_tails(table, starts, lengths)[1]
     states = blocks.state_rows(table, starts, lengths, preprocessor, tails)
     columns = blocks.transition_columns(table)
     num_order = preprocessor.state_layout().num_order
