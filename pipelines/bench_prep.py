@@ -293,7 +293,9 @@ def main(argv: list[str] | None = None) -> None:
         load = os.getloadavg()
         out = args.cache / "out"
         rebuild_wall, full_wall, rebuild_cpu, full_cpu = rebuild_vs_full(corpus, out, args.reps)
-        print(f"`python -m pipelines.bench_prep {' '.join(sys.argv[1:] if argv is None else argv)}`: "
+        given = sys.argv[1:] if argv is None else argv
+        shown = [a for a in given if a not in {str(c) for c in args.corpus or ()}]
+        print(f"`python -m pipelines.bench_prep {' '.join(shown)}{' FILE...' if args.corpus else ''}`: "
               f"{sum(p.stat().st_size for p in corpus) / 1e6:,.0f} MB in {len(corpus)} file(s), "
               f"{truncated_share(out)}; load {load[0]:.1f} before, {os.getloadavg()[0]:.1f} after\n\n"
               f"| rebuild after a preprocessor change, 1 worker | "
