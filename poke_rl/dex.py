@@ -219,9 +219,13 @@ _KERNEL_SOURCES = (*SOURCES[:6], "opp_hazards", "own_hazards")
 
 
 def _side_by_side(sources: Mapping[str, np.ndarray], fields: tuple[str, ...]) -> np.ndarray:
-    """The scalar fields ``fields`` of ``sources`` as the int32 columns of one [n, k] array."""
-    return np.concatenate([np.reshape(sources[name], (-1, 1)) for name in fields], axis=1,
-                          dtype=np.int32, casting="unsafe")
+    """The scalar fields ``fields`` of ``sources`` as the int32 columns of one [n, k] array
+    (filled column by column: one strided copy per field, not a small copy per row)."""
+    first = np.reshape(sources[fields[0]], -1)
+    out = np.empty((len(first), len(fields)), dtype=np.int32)
+    for k, name in enumerate(fields):
+        out[:, k] = np.reshape(sources[name], -1)
+    return out
 
 
 def _kernel_tables(tables: DexTables) -> tuple[np.ndarray, ...]:

@@ -213,9 +213,11 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
     mons = np.zeros((_MONS, _MON))
     our_moves = np.zeros((1 + TEAM_SIZE, NUM_MOVES), dtype=np.int64)
     opp_moves = np.zeros(NUM_MOVES, dtype=np.int64)
-    jobs = 2 * (1 + TEAM_SIZE) * NUM_MOVES
-    job = np.zeros((jobs + (1 + TEAM_SIZE) * unique.shape[1], 3), dtype=np.int64)
-    damage = np.zeros(len(job))
+    jobs = 2 * (1 + TEAM_SIZE) * NUM_MOVES  # damages of the revealed moves; then the prior's
+    damage = np.zeros(jobs + (1 + TEAM_SIZE) * unique.shape[1])
+    their_move = np.zeros(NUM_MOVES + unique.shape[1], dtype=np.int64)
+    their_power = np.zeros(len(their_move))
+    their_modifier = np.zeros(len(their_move))
     hit = np.zeros(unique.shape[1], dtype=np.bool_)
     ordered = np.zeros(unique.shape[1])
     consistent = np.zeros(member.shape[1], dtype=np.bool_)
@@ -268,8 +270,7 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
             mons[m, _TYPE1] = 0 if tera > 0 else types[species, 1]
             mons[m, _DEFENDING] = len(base) + tera if tera > 0 else species
 
-        # the damage jobs: their revealed moves on each of ours, ours on theirs, the set prior's
-        # distinct moves not revealed (a revealed one is no candidate: its job is move 0)
+        # the set prior runs while a move slot of theirs is unrevealed
         free = 0  # unrevealed move slots of theirs
         for j in range(NUM_MOVES):
             repeated = False
@@ -281,34 +282,42 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
             hit[w] = False
             for j in range(NUM_MOVES):
                 hit[w] = hit[w] or (opp_moves[j] > 0 and unique[opp, w] == opp_moves[j])
+        # matchup.expected_damage in its order of float64 operations, the attacker's terms
+        # (level factor x power x attack, the STAB and burn modifier) once per move: theirs
+        # (revealed j < 4, then the prior's 4 + w; a revealed one is no candidate: move 0) on
+        # each of ours, then ours on theirs. The type multiplier is a power of two or 0
+        # (MatchupTables), so applying it after the burn's 0.5 gives the same bits; a status
+        # move or an unknown species is a multiplier of 0 (so 0 here).
+        for i in range(NUM_MOVES + count):
+            move = opp_moves[i] if i < NUM_MOVES else (
+                0 if hit[i - NUM_MOVES] else unique[opp, i - NUM_MOVES])
+            their_move[i] = move
+            their_power[i], their_modifier[i] = _attacker_terms(
+                mons[THEIRS, _FACTOR], power[move], mons[THEIRS, _STATS + ATK],
+                mons[THEIRS, _STATS + SPA], physical[move], kind[move], mons[THEIRS, _TYPE0],
+                mons[THEIRS, _TYPE1], mons[THEIRS, _STATUS])
         for d in range(1 + TEAM_SIZE):
+            for i in range(NUM_MOVES + count):
+                at = d * NUM_MOVES + i if i < NUM_MOVES else jobs + d * count + i - NUM_MOVES
+                move = their_move[i]
+                damage[at] = 0.0
+                if damaging[move] and opp != 0 and mons[d, _SPECIES] != 0:
+                    damage[at] = _damage(their_power[i], their_modifier[i], physical[move],
+                                         mons[d, _STATS + DEF], mons[d, _STATS + SPD],
+                                         defending[int(mons[d, _DEFENDING]), kind[move]],
+                                         hits[move], chance[move], mons[d, _HP])
             for j in range(NUM_MOVES):
-                job[d * NUM_MOVES + j, 0], job[d * NUM_MOVES + j, 1] = THEIRS, d
-                job[d * NUM_MOVES + j, 2] = opp_moves[j]
-                at = (1 + TEAM_SIZE + d) * NUM_MOVES + j
-                job[at, 0], job[at, 1], job[at, 2] = d, THEIRS, our_moves[d, j]
-            for w in range(count):
-                at = jobs + d * count + w
-                job[at, 0], job[at, 1], job[at, 2] = THEIRS, d, 0 if hit[w] else unique[opp, w]
-        for at in range(jobs + (1 + TEAM_SIZE) * count):
-            # matchup.expected_damage in its order of float64 operations; the type multiplier is
-            # a power of two or 0 (MatchupTables), so applying it after the burn's 0.5 gives the
-            # same bits; a status move or an unknown species is a multiplier of 0 (so 0 here)
-            a, d, move = job[at, 0], job[at, 1], job[at, 2]
-            damage[at] = 0.0
-            if damaging[move] and mons[a, _SPECIES] != 0 and mons[d, _SPECIES] != 0:
-                move_type = kind[move]
-                attack, guard = mons[a, _STATS + SPA], mons[d, _STATS + SPD]
-                if physical[move]:
-                    attack, guard = mons[a, _STATS + ATK], mons[d, _STATS + DEF]
-                value = _floor_fiftieth(np.floor(mons[a, _FACTOR] * power[move] * attack / guard)) + 2
-                modifier = RANDOM_ROLL
-                if move_type > 0 and (move_type == mons[a, _TYPE0] or move_type == mons[a, _TYPE1]):
-                    modifier = RANDOM_ROLL * STAB
-                if physical[move] and mons[a, _STATUS] == BURN:
-                    modifier = modifier * 0.5
-                modifier = modifier * defending[int(mons[d, _DEFENDING]), move_type]
-                damage[at] = value * modifier * hits[move] * chance[move] / mons[d, _HP]
+                at, move = (1 + TEAM_SIZE + d) * NUM_MOVES + j, our_moves[d, j]
+                damage[at] = 0.0
+                if damaging[move] and mons[d, _SPECIES] != 0 and opp != 0:
+                    attack, modifier = _attacker_terms(
+                        mons[d, _FACTOR], power[move], mons[d, _STATS + ATK],
+                        mons[d, _STATS + SPA], physical[move], kind[move], mons[d, _TYPE0],
+                        mons[d, _TYPE1], mons[d, _STATUS])
+                    damage[at] = _damage(attack, modifier, physical[move],
+                                         mons[THEIRS, _STATS + DEF], mons[THEIRS, _STATS + SPD],
+                                         defending[int(mons[THEIRS, _DEFENDING]), kind[move]],
+                                         hits[move], chance[move], mons[THEIRS, _HP])
 
         # the threat: the best revealed move, then the expectation over the consistent sets
         n_sets = 0
@@ -374,6 +383,25 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
 @compiled_inline
 def _id(value, size):
     return value if 0 < value < size else 0
+
+
+@compiled_inline
+def _attacker_terms(factor, power, attack, special_attack, physical, move_type, type0, type1,
+                    status):
+    """(level factor x power x attack, the STAB and burn modifier) of an attacker and move."""
+    modifier = RANDOM_ROLL
+    if move_type > 0 and (move_type == type0 or move_type == type1):
+        modifier = RANDOM_ROLL * STAB
+    if physical and status == BURN:
+        modifier = modifier * 0.5
+    return factor * power * (attack if physical else special_attack), modifier
+
+
+@compiled_inline
+def _damage(attack, modifier, physical, defense, special_defense, multiplier, hits, chance, hp):
+    """The rest of ``matchup.expected_damage`` for one defender (its stats, type multiplier)."""
+    value = _floor_fiftieth(np.floor(attack / (defense if physical else special_defense))) + 2
+    return value * (modifier * multiplier) * hits * chance / hp
 
 
 @compiled_inline
