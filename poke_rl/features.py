@@ -88,7 +88,8 @@ _SCALAR_TYPES = {"float": float, "int": int, "bool": bool}
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """What can be tuned without editing the code; part of the fingerprint."""
+    """What can be tuned without editing the code; part of the fingerprint. Fields are stored
+    in their declared types where that loses nothing (``turn_scale=100`` holds 100.0)."""
 
     turn_scale: float = 100.0  # num = min(turn, turn_clip) / turn_scale
     turn_clip: int = 300

@@ -25,9 +25,12 @@ per-observation path calls it on a one-row block), which keeps them bitwise equa
 
 Speed (``pipelines/bench_features.py``): one numba-compiled pass over the rows (``_kernel``, no
 fastmath, so IEEE float64 operations in the order written; ``np.floor`` is the only function
-called, exact by definition), computing each distinct move of a species' sets once, and the set
-prior only where fewer than four moves are revealed. It has one signature: ``encode`` gives it
-read-only C-contiguous int32 sources and a contiguous float32 block whatever it is passed, and
+called, exact by definition), computing each distinct move of a species' sets once, the
+attacker's terms of a damage once per move (not per defender), two float divisions per damage
+(``accuracy / 100`` is a table, ``floor(x / 50)`` an integer division where that is exact), and
+the set prior only where fewer than four moves are revealed. It has one signature: ``encode`` gives it
+read-only C-contiguous int32 sources and a C-contiguous float32 block of whole rows (plus the
+first column to write; a strided ``out`` goes through a contiguous block), and
 ``cache=True`` keeps the machine code on disk (``__pycache__``, else numba's user cache), so a
 process loads it instead of compiling (tens of ms, against seconds to compile). Numba itself is
 imported on the kernel's first call (``feature_columns.compiled``), not with this module.
