@@ -1,6 +1,7 @@
 """Benchmark: observations featurised per second per core, columnar vs one dict at a time.
 
     OMP_NUM_THREADS=1 python -m pipelines.bench_features [--rows N] [--reps R] [--clock cpu]
+        [--profile LINES | --kernels]
 
 Builds a realistic transition-Parquet-shaped Arrow table of N random valid observations (written
 to an in-memory Parquet file and read back, so bools are bit-packed and columns chunked by row
@@ -159,6 +160,36 @@ def profile_transform(run: Callable[[], None], reps: int, lines: int) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
 
 
+def time_kernels(pre: Preprocessor, columns: dict[str, np.ndarray], reps: int) -> None:
+    """Print CPU ns per row (median of ``reps``) of the two row kernels alone on ``columns``
+    and of what any output costs: allocating and filling the ``ids`` and ``num`` arrays."""
+    from poke_rl.feature_columns import as_2d
+
+    rows = len(next(iter(columns.values())))
+    sources = {s.name: as_2d(columns, s, rows) for s in schema.OBSERVATION_FIELDS}
+    dex_out = np.empty((rows, dex.WIDTH), dtype=np.float32)
+    matchup_out = np.empty((rows, matchup_features.WIDTH), dtype=np.float32)
+
+    def outputs() -> None:
+        np.empty((rows, pre.num_ids), dtype=np.int16).fill(1)
+        np.empty((rows, pre.num_dim), dtype=np.float32).fill(1)
+
+    for name, run in (
+        ("dex.encode", lambda: dex.encode(sources, dex_out, dex.default_tables())),
+        ("matchup_features.encode",
+         lambda: matchup_features.encode(sources, matchup_out, matchup_features.default_tables_v3())),
+        ("allocate and fill ids and num", outputs),
+    ):
+        run()
+        times = []
+        for _ in range(reps):
+            start = time.process_time()
+            run()
+            times.append(time.process_time() - start)
+        print(f"{name}: {np.median(times) / rows * 1e9:,.0f} CPU ns per row "
+              f"(min {min(times) / rows * 1e9:,.0f}, {rows:,} rows, {reps} reps)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="observations (columnar)")
@@ -170,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="LINES",
                         help="instead of timing: cProfile --reps calls of `transform_columns` "
                              "(after a warm-up) and print its LINES costliest functions")
+    parser.add_argument("--kernels", action="store_true",
+                        help="instead of timing the paths: CPU time per row of the dex and "
+                             "matchup kernels alone and of allocating and filling the outputs")
     args = parser.parse_args(argv)
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -203,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     prepared = [columns_from_arrow(batch, "obs_") for batch in batches]
     if args.profile:
         profile_transform(columnar_transform_only, args.reps, args.profile)
+        return
+    if args.kernels:
+        time_kernels(pre, columns_from_arrow(table, "obs_"), args.reps)
         return
     without = Preprocessor(FeatureConfig(matchup_features=False))  # features v3 less the matchup
     v2 = Preprocessor(FeatureConfig(v2_features=False, matchup_features=False))  # features v2

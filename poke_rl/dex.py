@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .feature_columns import compiled, compiled_inline, run_row_kernel
+from .feature_columns import compiled, compiled_inline, row_kernel_signature, run_row_kernel
 from .schema import NUM_MOVES, TEAM_SIZE
 
 DEX_FILE = Path(__file__).resolve().parent / "data" / "dex.json"
@@ -174,14 +174,12 @@ def _pair_table(species: np.ndarray, types: np.ndarray, taken: np.ndarray
     hits[:, 0] = 0.0  # "no type" attacks with nothing: it never wins the max
     # offense[a, b]: a's best type against b; defense[a, b]: b's best type against a
     offense = np.maximum(hits.T[types[:, 0]], hits.T[types[:, 1]])
-    defense = offense.T
     speed = np.sign(species[:, None, 7] - species[None, :, 7]).astype(np.intp)
     if not np.isin(offense, EFFECT_VALUES).all():
         raise ValueError(f"dex type chart gives matchups outside {EFFECT_VALUES.tolist()}: "
                          f"{np.setdiff1d(offense, EFFECT_VALUES).tolist()}")
     off = np.searchsorted(EFFECT_VALUES, offense)
-    dfn = np.searchsorted(EFFECT_VALUES, defense)
-    code = 1 + (off * len(EFFECT_VALUES) + dfn) * 3 + (speed + 1)
+    code = 1 + (off * len(EFFECT_VALUES) + off.T) * 3 + (speed + 1)  # defense is offense.T
     code[0, :] = 0
     code[:, 0] = 0
     values = np.zeros((1 + len(EFFECT_VALUES) ** 2 * 3, 3), dtype=np.float32)
@@ -200,20 +198,43 @@ def default_tables() -> DexTables:
     return DexTables.from_file(DEX_FILE)
 
 
-def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables) -> None:
-    """Write the dex features of ``n`` rows into ``out`` float32 [n, WIDTH].
+def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, tables: DexTables,
+           column: int = 0) -> None:
+    """Write the dex features of ``n`` rows into ``out`` float32 [n, WIDTH] (or into its columns
+    ``column`` to ``column + WIDTH``: a block of whole feature rows).
 
     ``sources`` maps each field of ``SOURCES`` to a 2-d array [n, width] (scalars width 1). Ids
     beyond a table (which the schema's vocabulary sizes allow) read as unknown. One compiled
     pass over the rows (``_kernel``; float32 operations as numpy's element-wise ones, in the
     same order, no fastmath), run by ``feature_columns.run_row_kernel``.
     """
+    merged = {**sources, **{name: _side_by_side(sources, fields)
+                            for name, fields in (("opp_hazards", HAZARD_FIELDS),
+                                                 ("own_hazards", OWN_HAZARD_FIELDS))}}
+    run_row_kernel(_kernel, merged, _KERNEL_SOURCES, _kernel_tables(tables), out, column, WIDTH)
+
+
+# the kernel reads the hazard fields as one [n, 4] array per side, in HAZARD_FIELDS' order
+_KERNEL_SOURCES = (*SOURCES[:6], "opp_hazards", "own_hazards")
+
+
+def _side_by_side(sources: Mapping[str, np.ndarray], fields: tuple[str, ...]) -> np.ndarray:
+    """The scalar fields ``fields`` of ``sources`` as the int32 columns of one [n, k] array
+    (filled column by column: one strided copy per field, not a small copy per row)."""
+    first = np.reshape(sources[fields[0]], -1)
+    out = np.empty((len(first), len(fields)), dtype=np.int32)
+    for k, name in enumerate(fields):
+        out[:, k] = np.reshape(sources[name], -1)
+    return out
+
+
+def _kernel_tables(tables: DexTables) -> tuple[np.ndarray, ...]:
+    """The tables in ``_kernel``'s argument order."""
     column = tables.move_columns
-    args = (tables.species, tables.species_block, tables.type_mask, tables.taken,
+    return (tables.species, tables.species_block, tables.type_mask, tables.taken,
             tables.move_block, column["type"], column["power"], column["accuracy"],
             column["hits"], column["physical"], column["attacking"], column["hazard"],
             column["removal"], tables.pair, tables.pair_values)
-    run_row_kernel(_kernel, sources, SOURCES, args, out)
 
 
 _F32 = np.float32
@@ -224,12 +245,11 @@ _STAB, _EFFECT, _IMMUNE, _DAMAGE, _BEST, _NEW_HAZARD, _REMOVES = (
                                            "best_damage", "new_hazard", "removes_hazard"))
 
 
-@compiled
-def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boosts,
-            opp_stealth_rock, opp_spikes, opp_toxic_spikes, opp_sticky_web, own_stealth_rock,
-            own_spikes, own_toxic_spikes, own_sticky_web, species, species_block, type_mask,
-            taken, move_block, move_type, power, accuracy, hits, physical, attacking, hazard,
-            removal, pair, pair_values, out):
+@functools.partial(compiled, signatures=row_kernel_signature(
+    len(_KERNEL_SOURCES), lambda: _kernel_tables(default_tables())))
+def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boosts, opp_hazards,
+            own_hazards, species, species_block, type_mask, taken, move_block, move_type, power,
+            accuracy, hits, physical, attacking, hazard, removal, pair, pair_values, out, column):
     """``encode`` of ``out``'s rows, one pass per row (sources [n, width] int32)."""
     zero, one = _F32(0.0), _F32(1.0)
     damage = np.zeros(NUM_MOVES, dtype=np.float32)
@@ -237,18 +257,19 @@ def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boost
         own = _id(own_id[r, 0], len(species))
         opp = _id(opp_id[r, 0], len(species))
         for c in range(_TYPES):
-            out[r, c] = species_block[own, c]
-            out[r, _TYPES + c] = species_block[opp, c]
+            out[r, column + c] = species_block[own, c]
+            out[r, column + _TYPES + c] = species_block[opp, c]
         for c in range(_BASES):
-            out[r, 2 * _TYPES + c] = species_block[own, _TYPES + c]
-            out[r, 2 * _TYPES + _BASES + c] = species_block[opp, _TYPES + c]
+            out[r, column + 2 * _TYPES + c] = species_block[own, _TYPES + c]
+            out[r, column + 2 * _TYPES + _BASES + c] = species_block[opp, _TYPES + c]
         known = opp != 0
         physical_ratio = (_stat(species[own, 3], _F32(active_boosts[r, 0]))
                           / (_stat(species[opp, 4], _F32(opp_boosts[r, 1])) if known else one))
         special_ratio = (_stat(species[own, 5], _F32(active_boosts[r, 2]))
                          / (_stat(species[opp, 6], _F32(opp_boosts[r, 3])) if known else one))
-        own_hazard = (own_stealth_rock[r, 0] != 0 or own_spikes[r, 0] != 0
-                      or own_toxic_spikes[r, 0] != 0 or own_sticky_web[r, 0] != 0)
+        own_hazard = False
+        for h in range(own_hazards.shape[1]):
+            own_hazard = own_hazard or own_hazards[r, h] != 0
         best = zero
         start = 2 * SPECIES_BLOCK
         for j in range(NUM_MOVES):
@@ -263,29 +284,27 @@ def _kernel(own_id, opp_id, active_moves, team_species, active_boosts, opp_boost
             best = max(best, damage[j])
             at = start + j * _PER_MOVE
             for c in range(_PER_MOVE):
-                out[r, at + c] = move_block[move, c]
+                out[r, column + at + c] = move_block[move, c]
             attacks_known = attacking[move] and known
-            out[r, at + _STAB] = one if stab else zero
-            out[r, at + _EFFECT] = effect / _F32(4.0) if attacks_known else zero
-            out[r, at + _IMMUNE] = one if attacks_known and effect == 0 else zero
-            out[r, at + _DAMAGE] = damage[j]
+            out[r, column + at + _STAB] = one if stab else zero
+            out[r, column + at + _EFFECT] = effect / _F32(4.0) if attacks_known else zero
+            out[r, column + at + _IMMUNE] = one if attacks_known and effect == 0 else zero
+            out[r, column + at + _DAMAGE] = damage[j]
             code = hazard[move]
-            set_already = (code == 1 and opp_stealth_rock[r, 0] != 0
-                           or code == 2 and opp_spikes[r, 0] != 0
-                           or code == 3 and opp_toxic_spikes[r, 0] != 0
-                           or code == 4 and opp_sticky_web[r, 0] != 0)
-            out[r, at + _NEW_HAZARD] = one if code > 0 and not set_already else zero
-            out[r, at + _REMOVES] = one if removal[move] and own_hazard else zero
+            # code c: HAZARD_MOVES[c - 1], set when HAZARD_FIELDS[c - 1] is
+            set_already = 0 < code <= opp_hazards.shape[1] and opp_hazards[r, code - 1] != 0
+            out[r, column + at + _NEW_HAZARD] = one if code > 0 and not set_already else zero
+            out[r, column + at + _REMOVES] = one if removal[move] and own_hazard else zero
         for j in range(NUM_MOVES):
             move = _id(active_moves[r, j], len(move_block))
             top = attacking[move] and damage[j] > 0 and damage[j] == best
-            out[r, start + j * _PER_MOVE + _BEST] = one if top else zero
+            out[r, column + start + j * _PER_MOVE + _BEST] = one if top else zero
         start += NUM_MOVES * _PER_MOVE
         for i in range(1 + TEAM_SIZE):
             mon = own if i == 0 else _id(team_species[r, i - 1], len(species))
             code = pair[mon, opp]
             for c in range(len(MATCHUP_FEATURES)):
-                out[r, start + i * len(MATCHUP_FEATURES) + c] = pair_values[code, c]
+                out[r, column + start + i * len(MATCHUP_FEATURES) + c] = pair_values[code, c]
 
 
 @compiled_inline

@@ -141,18 +141,38 @@ KERNEL_ROWS = 4096  # rows per call of a row kernel: bounds the int32 copies of 
 
 
 def run_row_kernel(kernel: Any, sources: Mapping[str, np.ndarray], names: tuple[str, ...],
-                   tables: tuple[np.ndarray, ...], out: np.ndarray) -> None:
-    """``kernel(*sources, *tables, block)`` over ``out``'s rows in chunks (``dex`` and
-    ``matchup_features``): ``sources[name]`` [n, width] go in as C-contiguous int32 (the
-    transition Parquet's type, so no copy there) and the rows come out into a contiguous float32
-    block, so a kernel has one signature and compiles once (cached on disk by numba)."""
+                   tables: tuple[np.ndarray, ...], out: np.ndarray, column: int = 0,
+                   width: int | None = None) -> None:
+    """``kernel(*sources, *tables, out, column)`` over ``out``'s rows in chunks (``dex`` and
+    ``matchup_features``), which writes each row's ``width`` features from ``column`` on:
+    ``sources[name]`` [n, width] go in as C-contiguous int32 (the transition Parquet's type, so
+    no copy there) and the rows are written straight into ``out`` when it is C-contiguous (a
+    block of whole feature rows), else into a contiguous block then copied, so a kernel has one
+    signature (``row_kernel_signature``) and compiles once (cached on disk by numba)."""
     for first in range(0, len(out), KERNEL_ROWS):
         rows = slice(first, first + KERNEL_ROWS)
         block = out[rows]
-        target = block if block.flags.c_contiguous else np.empty(block.shape, dtype=NUM_DTYPE)
-        kernel(*(_read_only(sources[name][rows]) for name in names), *tables, target)
+        if block.flags.c_contiguous:
+            target, at = block, column
+        else:
+            target, at = np.empty((len(block), width or block.shape[1]), dtype=NUM_DTYPE), 0
+        kernel(*(_read_only(sources[name][rows]) for name in names), *tables, target, at)
         if target is not block:
-            block[...] = target
+            block[:, column : column + target.shape[1]] = target
+
+
+def row_kernel_signature(sources: int, tables: Callable[[], tuple[np.ndarray, ...]]
+                         ) -> Callable[[Any], list[Any]]:
+    """The one signature of a row kernel: ``sources`` read-only C-contiguous int32 [n, width],
+    then the types of ``tables()`` (the shipped tables, which every table of that kind matches),
+    then the C-contiguous float32 output [n, k] and the first column to write."""
+    def signatures(types: Any) -> list[Any]:
+        from numba import typeof
+
+        source = types.Array(types.int32, 2, "C", readonly=True)
+        return [types.void(*(source,) * sources, *(typeof(table) for table in tables()),
+                           types.Array(types.float32, 2, "C"), types.int64)]
+    return signatures
 
 
 def _read_only(source: np.ndarray) -> np.ndarray:

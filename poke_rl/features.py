@@ -83,9 +83,13 @@ MATCHUP_STORAGE: dict[str, tuple[Storage, float]] = {
 }  # fmt: skip
 
 
+_SCALAR_TYPES = {"float": float, "int": int, "bool": bool}
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
-    """What can be tuned without editing the code; part of the fingerprint."""
+    """What can be tuned without editing the code; part of the fingerprint. Fields are stored
+    in their declared types where that loses nothing (``turn_scale=100`` holds 100.0)."""
 
     turn_scale: float = 100.0  # num = min(turn, turn_clip) / turn_scale
     turn_clip: int = 300
@@ -96,6 +100,10 @@ class FeatureConfig:
     matchup_features: bool = True  # ``poke_rl.matchup_features`` (damage estimates, speed)
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):  # as declared (100 -> 100.0) where lossless
+            value, convert = getattr(self, item.name), _SCALAR_TYPES[str(item.type)]
+            if isinstance(value, (bool, int, float)) and convert(value) == value:
+                object.__setattr__(self, item.name, convert(value))
         if not (self.turn_scale > 0 and float(np.float32(self.turn_scale)) == self.turn_scale):
             raise ValueError(
                 f"turn_scale must be a positive float32-exact number: {self.turn_scale}"
@@ -446,14 +454,10 @@ class Preprocessor:
             block = slice(first, first + self.block_rows)
             for feature, cols in self._slices:
                 out = (ids if feature.array == "ids" else num)[block, cols]
-                if feature.encoding == "dex":
-                    assert self._dex is not None
-                    dex.encode({n: sources[n][block] for n in feature.sources}, out, self._dex)
-                    continue
-                if feature.encoding == "matchup":
-                    assert self._matchup is not None
-                    matchup_features.encode({n: sources[n][block] for n in feature.sources}, out,
-                                            self._matchup)
+                if feature.encoding in ("dex", "matchup"):  # into whole rows: no strided copy
+                    module = dex if feature.encoding == "dex" else matchup_features
+                    module.encode({n: sources[n][block] for n in feature.sources}, num[block],  # type: ignore[attr-defined]
+                                  self._dex if feature.encoding == "dex" else self._matchup, cols.start)
                     continue
                 start = 0
                 for name in feature.sources:
@@ -479,17 +483,11 @@ class Preprocessor:
         ids: list[int] = []
         num: list[float] = []
         for feature in self.table:
-            if feature.encoding == "dex":  # one implementation, on a one-row block
-                assert self._dex is not None
-                row = np.empty((1, dex.WIDTH), dtype=NUM_DTYPE)
-                dex.encode({n: one_row(values[n]) for n in feature.sources}, row, self._dex)
-                num.extend(float(x) for x in row[0])
-                continue
-            if feature.encoding == "matchup":  # the same: one implementation
-                assert self._matchup is not None
-                row = np.empty((1, matchup_features.WIDTH), dtype=NUM_DTYPE)
-                matchup_features.encode({n: one_row(values[n]) for n in feature.sources}, row,
-                                        self._matchup)
+            if feature.encoding in ("dex", "matchup"):  # one implementation, on a one-row block
+                module = dex if feature.encoding == "dex" else matchup_features
+                row = np.empty((1, module.WIDTH), dtype=NUM_DTYPE)
+                module.encode({n: one_row(values[n]) for n in feature.sources}, row,  # type: ignore[attr-defined]
+                              self._dex if feature.encoding == "dex" else self._matchup)
                 num.extend(float(x) for x in row[0])
                 continue
             for name in feature.sources:

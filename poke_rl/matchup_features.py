@@ -25,9 +25,12 @@ per-observation path calls it on a one-row block), which keeps them bitwise equa
 
 Speed (``pipelines/bench_features.py``): one numba-compiled pass over the rows (``_kernel``, no
 fastmath, so IEEE float64 operations in the order written; ``np.floor`` is the only function
-called, exact by definition), computing each distinct move of a species' sets once, and the set
-prior only where fewer than four moves are revealed. It has one signature: ``encode`` gives it
-read-only C-contiguous int32 sources and a contiguous float32 block whatever it is passed, and
+called, exact by definition), computing each distinct move of a species' sets once, the
+attacker's terms of a damage once per move (not per defender), two float divisions per damage
+(``accuracy / 100`` is a table, ``floor(x / 50)`` an integer division where that is exact), and
+the set prior only where fewer than four moves are revealed. It has one signature: ``encode`` gives it
+read-only C-contiguous int32 sources and a C-contiguous float32 block of whole rows (plus the
+first column to write; a strided ``out`` goes through a contiguous block), and
 ``cache=True`` keeps the machine code on disk (``__pycache__``, else numba's user cache), so a
 process loads it instead of compiling (tens of ms, against seconds to compile). Numba itself is
 imported on the kernel's first call (``feature_columns.compiled``), not with this module.
@@ -51,8 +54,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dex import DexTables, default_tables
-from .feature_columns import compiled, compiled_inline, run_row_kernel
-from .matchup import PARALYSIS_SPEED, RANDOM_ROLL, STAB, randbats_levels, randbats_sets
+from .feature_columns import compiled, compiled_inline, row_kernel_signature, run_row_kernel
+from .matchup import (
+    PARALYSIS_SPEED,
+    RANDOM_ROLL,
+    STAB,
+    boost_multiplier,
+    randbats_levels,
+    randbats_sets,
+)
 from .schema import NUM_MOVES, STATS_PER_SLOT, TEAM_SIZE
 
 SOURCES = (
@@ -85,7 +95,8 @@ class MatchupTables:
     """The dex and the random-battle sets as arrays, species first (the kernel reads one row's
     species at a time): ``base`` [S, 6] int64 base stats (hp atk def spa spd spe), ``types``
     [S, 2], ``level`` [S] (random-battle level, else 100), move facts [M] (``kind``,
-    ``physical``, ``power``, ``accuracy``, ``priority``, ``hits``; ``damaging``),
+    ``physical``, ``power``, ``chance`` = accuracy / 100 as ``matchup`` divides it, ``priority``,
+    ``hits``; ``damaging``),
     ``defending`` [S + 19, 19] float64 (row s < S: the multiplier species s takes from each
     attacking type, the product over its types, which are powers of two (checked), so exactly
     ``matchup``'s sequential product; row 0, an unknown species, zeros; row S + t: a Pokemon
@@ -101,7 +112,7 @@ class MatchupTables:
     kind: np.ndarray
     physical: np.ndarray
     power: np.ndarray
-    accuracy: np.ndarray
+    chance: np.ndarray
     priority: np.ndarray
     hits: np.ndarray
     damaging: np.ndarray
@@ -161,7 +172,8 @@ class MatchupTables:
         if not np.all((defending == 0) | (np.frexp(defending)[0] == 0.5)):
             raise ValueError("type multipliers must be powers of two or 0")
         tables = cls(base, types, level, move[:, 0].astype(np.int64), category == PHYSICAL,
-                     *(np.ascontiguousarray(move[:, c]) for c in range(2, 6)), damaging,
+                     np.ascontiguousarray(move[:, 2]), move[:, 3] / 100,
+                     *(np.ascontiguousarray(move[:, c]) for c in (4, 5)), damaging,
                      np.ascontiguousarray(defending), unique, member, width, valid, weights)
         for array in vars(tables).values():
             array.setflags(write=False)
@@ -178,19 +190,22 @@ def default_tables_v3() -> MatchupTables:
     return MatchupTables.build(default_tables(), randbats_sets(), randbats_levels())
 
 
-def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables) -> None:
-    """Write the matchup features of ``n`` rows into ``out`` float32 [n, WIDTH]; ``sources`` maps
-    each field of ``SOURCES`` to [n, width]. Rows are independent: one compiled pass over them
-    (``_kernel``), run by ``feature_columns.run_row_kernel``."""
-    run_row_kernel(_kernel, sources, SOURCES, t.arrays(), out)
+def encode(sources: Mapping[str, np.ndarray], out: np.ndarray, t: MatchupTables,
+           column: int = 0) -> None:
+    """Write the matchup features of ``n`` rows into ``out`` float32 [n, WIDTH] (or into its
+    columns ``column`` to ``column + WIDTH``); ``sources`` maps each field of ``SOURCES`` to
+    [n, width]. Rows are independent: one compiled pass over them (``_kernel``), run by
+    ``feature_columns.run_row_kernel``."""
+    run_row_kernel(_kernel, sources, SOURCES, t.arrays(), out, column, WIDTH)
 
 
-@compiled
+@functools.partial(compiled, signatures=row_kernel_signature(
+    len(SOURCES), lambda: default_tables_v3().arrays()))
 def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, active_status,
             opp_status, team_species, team_level, team_stats, team_status, team_moves,
             revealed_id, opp_level, opp_moves_id, opp_tera, own_tailwind, opp_tailwind,
-            trick_room, base, types, level_table, kind, physical, power, accuracy, priority, hits,
-            damaging, defending, unique, member, width, pool_valid, weights, out):
+            trick_room, base, types, level_table, kind, physical, power, chance, priority, hits,
+            damaging, defending, unique, member, width, pool_valid, weights, out, column):
     """``encode`` of ``out``'s rows, one pass per row (sources [n, width] int32).
 
     Per row: the Pokemon (``mons``: our active, our team slots, theirs), then every damage the
@@ -201,9 +216,11 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
     mons = np.zeros((_MONS, _MON))
     our_moves = np.zeros((1 + TEAM_SIZE, NUM_MOVES), dtype=np.int64)
     opp_moves = np.zeros(NUM_MOVES, dtype=np.int64)
-    jobs = 2 * (1 + TEAM_SIZE) * NUM_MOVES
-    job = np.zeros((jobs + (1 + TEAM_SIZE) * unique.shape[1], 3), dtype=np.int64)
-    damage = np.zeros(len(job))
+    jobs = 2 * (1 + TEAM_SIZE) * NUM_MOVES  # damages of the revealed moves; then the prior's
+    damage = np.zeros(jobs + (1 + TEAM_SIZE) * unique.shape[1])
+    their_move = np.zeros(NUM_MOVES + unique.shape[1], dtype=np.int64)
+    their_power = np.zeros(len(their_move))
+    their_modifier = np.zeros(len(their_move))
     hit = np.zeros(unique.shape[1], dtype=np.bool_)
     ordered = np.zeros(unique.shape[1])
     consistent = np.zeros(member.shape[1], dtype=np.bool_)
@@ -247,16 +264,16 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
                     stage = active_boosts[r, s]
                 elif boosted == 1:
                     stage = opp_boosts[r, s]
-                mons[m, _STATS + s] = stat * _multiplier(stage)
+                mons[m, _STATS + s] = stat * _MULTIPLIERS[min(max(stage, -6), 6) + 6]
             mons[m, _SPECIES] = species
             mons[m, _STATUS] = status
             mons[m, _HP] = float((2 * base[species, 0] + 52) * level // 100 + level + 10)
-            mons[m, _FACTOR] = np.floor(2 * level / 5 + 2)
+            mons[m, _FACTOR] = float(2 * level // 5 + 2)  # np.floor(2 * level / 5 + 2), exact
             mons[m, _TYPE0] = tera if tera > 0 else types[species, 0]
             mons[m, _TYPE1] = 0 if tera > 0 else types[species, 1]
             mons[m, _DEFENDING] = len(base) + tera if tera > 0 else species
 
-        # the damage jobs: their revealed moves on each of ours, ours on theirs, the set prior's
+        # the set prior runs while a move slot of theirs is unrevealed
         free = 0  # unrevealed move slots of theirs
         for j in range(NUM_MOVES):
             repeated = False
@@ -264,42 +281,50 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
                 repeated = repeated or opp_moves[i] == opp_moves[j]
             free += opp_moves[j] == 0 or repeated
         count = width[opp] if free > 0 else 0  # distinct moves of its sets, when the prior runs
-        for d in range(1 + TEAM_SIZE):
+        for w in range(count):
+            hit[w] = False
             for j in range(NUM_MOVES):
-                job[d * NUM_MOVES + j, 0], job[d * NUM_MOVES + j, 1] = THEIRS, d
-                job[d * NUM_MOVES + j, 2] = opp_moves[j]
-                at = (1 + TEAM_SIZE + d) * NUM_MOVES + j
-                job[at, 0], job[at, 1], job[at, 2] = d, THEIRS, our_moves[d, j]
-            for w in range(count):
-                at = jobs + d * count + w
-                job[at, 0], job[at, 1], job[at, 2] = THEIRS, d, unique[opp, w]
-        for at in range(jobs + (1 + TEAM_SIZE) * count):
-            # matchup.expected_damage in its order of float64 operations; the type multiplier is
-            # a power of two or 0 (MatchupTables), so applying it after the burn's 0.5 gives the
-            # same bits; a status move or an unknown species is a multiplier of 0
-            a, d, move = job[at, 0], job[at, 1], job[at, 2]
-            damage[at] = 0.0
-            if damaging[move] and mons[a, _SPECIES] != 0:
-                move_type = kind[move]
-                attack, guard = mons[a, _STATS + SPA], mons[d, _STATS + SPD]
-                if physical[move]:
-                    attack, guard = mons[a, _STATS + ATK], mons[d, _STATS + DEF]
-                value = np.floor(np.floor(mons[a, _FACTOR] * power[move] * attack / guard) / 50) + 2
-                modifier = RANDOM_ROLL
-                if move_type > 0 and (move_type == mons[a, _TYPE0] or move_type == mons[a, _TYPE1]):
-                    modifier = RANDOM_ROLL * STAB
-                if physical[move] and mons[a, _STATUS] == BURN:
-                    modifier = modifier * 0.5
-                modifier = modifier * defending[int(mons[d, _DEFENDING]), move_type]
-                damage[at] = value * modifier * hits[move] * (accuracy[move] / 100) / mons[d, _HP]
+                hit[w] = hit[w] or (opp_moves[j] > 0 and unique[opp, w] == opp_moves[j])
+        # matchup.expected_damage in its order of float64 operations, the attacker's terms
+        # (level factor x power x attack, the STAB and burn modifier) once per move: theirs
+        # (revealed j < 4, then the prior's 4 + w; a revealed one is no candidate: move 0) on
+        # each of ours, then ours on theirs. The type multiplier is a power of two or 0
+        # (MatchupTables), so applying it after the burn's 0.5 gives the same bits; a status
+        # move or an unknown species is a multiplier of 0 (so 0 here).
+        for i in range(NUM_MOVES + count):
+            move = opp_moves[i] if i < NUM_MOVES else (
+                0 if hit[i - NUM_MOVES] else unique[opp, i - NUM_MOVES])
+            their_move[i] = move
+            their_power[i], their_modifier[i] = _attacker_terms(
+                mons[THEIRS, _FACTOR], power[move], mons[THEIRS, _STATS + ATK],
+                mons[THEIRS, _STATS + SPA], physical[move], kind[move], mons[THEIRS, _TYPE0],
+                mons[THEIRS, _TYPE1], mons[THEIRS, _STATUS])
+        for d in range(1 + TEAM_SIZE):
+            for i in range(NUM_MOVES + count):
+                at = d * NUM_MOVES + i if i < NUM_MOVES else jobs + d * count + i - NUM_MOVES
+                move = their_move[i]
+                damage[at] = 0.0
+                if damaging[move] and opp != 0 and mons[d, _SPECIES] != 0:
+                    damage[at] = _damage(their_power[i], their_modifier[i], physical[move],
+                                         mons[d, _STATS + DEF], mons[d, _STATS + SPD],
+                                         defending[int(mons[d, _DEFENDING]), kind[move]],
+                                         hits[move], chance[move], mons[d, _HP])
+            for j in range(NUM_MOVES):
+                at, move = (1 + TEAM_SIZE + d) * NUM_MOVES + j, our_moves[d, j]
+                damage[at] = 0.0
+                if damaging[move] and mons[d, _SPECIES] != 0 and opp != 0:
+                    attack, modifier = _attacker_terms(
+                        mons[d, _FACTOR], power[move], mons[d, _STATS + ATK],
+                        mons[d, _STATS + SPA], physical[move], kind[move], mons[d, _TYPE0],
+                        mons[d, _TYPE1], mons[d, _STATUS])
+                    damage[at] = _damage(attack, modifier, physical[move],
+                                         mons[THEIRS, _STATS + DEF], mons[THEIRS, _STATS + SPD],
+                                         defending[int(mons[THEIRS, _DEFENDING]), kind[move]],
+                                         hits[move], chance[move], mons[THEIRS, _HP])
 
         # the threat: the best revealed move, then the expectation over the consistent sets
         n_sets = 0
         if count > 0:
-            for w in range(count):
-                hit[w] = False
-                for j in range(NUM_MOVES):
-                    hit[w] = hit[w] or (opp_moves[j] > 0 and unique[opp, w] == opp_moves[j])
             for s in range(member.shape[1]):
                 ok = pool_valid[opp, s]
                 for j in range(NUM_MOVES):
@@ -340,22 +365,22 @@ def _kernel(own_id, opp_id, slot_id, active_moves, active_boosts, opp_boosts, ac
                             total += weights[n, free, i] * max(known_best, ordered[i])
                     summed += total
                 threat = summed / max(n_sets, 1)
-            out[r, d] = min(threat, DAMAGE_CLIP)
+            out[r, column + d] = min(threat, DAMAGE_CLIP)
             best = 0.0
             for j in range(NUM_MOVES):
                 best = max(best, damage[(1 + TEAM_SIZE + d) * NUM_MOVES + j])
-            out[r, 1 + TEAM_SIZE + d] = min(best, DAMAGE_CLIP)
+            out[r, column + 1 + TEAM_SIZE + d] = min(best, DAMAGE_CLIP)
 
         # who moves first (matchup.effective_speed, first_mover)
         both = own > 0 and opp > 0
         ours = _speed(mons[0, _STATS + SPE], active_status[r, 0], own_tailwind[r, 0] > 0)
         theirs = _speed(mons[THEIRS, _STATS + SPE], opp_status[r, 0], opp_tailwind[r, 0] > 0)
         room = trick_room[r, 0] > 0
-        out[r, 14] = _first(ours, theirs, 0.0, room) if both else 0.0
+        out[r, column + 14] = _first(ours, theirs, 0.0, room) if both else 0.0
         for j in range(NUM_MOVES):
             move = our_moves[0, j]
-            out[r, 15 + j] = _first(ours, theirs, priority[move], room) if both and move else 0.0
-        out[r, 19] = ours / (ours + theirs) if both else 0.0
+            out[r, column + 15 + j] = _first(ours, theirs, priority[move], room) if both and move else 0.0
+        out[r, column + 19] = ours / (ours + theirs) if both else 0.0
 
 
 @compiled_inline
@@ -364,9 +389,31 @@ def _id(value, size):
 
 
 @compiled_inline
-def _multiplier(stage):
-    s = min(max(float(stage), -6.0), 6.0)
-    return (2 + s) / 2 if s >= 0 else 2 / (2 - s)
+def _attacker_terms(factor, power, attack, special_attack, physical, move_type, type0, type1,
+                    status):
+    """(level factor x power x attack, the STAB and burn modifier) of an attacker and move."""
+    modifier = RANDOM_ROLL
+    if move_type > 0 and (move_type == type0 or move_type == type1):
+        modifier = RANDOM_ROLL * STAB
+    if physical and status == BURN:
+        modifier = modifier * 0.5
+    return factor * power * (attack if physical else special_attack), modifier
+
+
+@compiled_inline
+def _damage(attack, modifier, physical, defense, special_defense, multiplier, hits, chance, hp):
+    """The rest of ``matchup.expected_damage`` for one defender (its stats, type multiplier)."""
+    value = _floor_fiftieth(np.floor(attack / (defense if physical else special_defense))) + 2
+    return value * (modifier * multiplier) * hits * chance / hp
+
+
+@compiled_inline
+def _floor_fiftieth(x):
+    """``np.floor(x / 50)`` of a whole x >= 0: as an integer division below 2**48, where the
+    float quotient cannot round up across a whole number (a fiftieth exceeds its rounding)."""
+    if 0.0 <= x < _EXACT:
+        return float(np.int64(x) // 50)
+    return np.floor(x / 50)
 
 
 @compiled_inline
@@ -392,3 +439,6 @@ _SPECIES, _STATUS, _HP, _FACTOR, _TYPE0, _TYPE1, _DEFENDING, _STATS = range(8)
 _MON = _STATS + 5
 THEIRS = 1 + TEAM_SIZE  # the opponent's active's row of the kernel's Pokemon
 _MONS = THEIRS + 1
+_EXACT = float(2**48)
+# matchup.boost_multiplier of stages -6..6 (float64)
+_MULTIPLIERS = np.array([boost_multiplier(s) for s in range(-6, 7)])

@@ -472,6 +472,29 @@ def test_equal_configurations_have_equal_fingerprints(pre: Preprocessor) -> None
     assert normalised_config(FeatureConfig(turn_clip=300.5))["turn_clip"] == 300.5
     assert Preprocessor(FeatureConfig(turn_clip=300.5)).fingerprint != pre.fingerprint
     assert type(normalised_config(FeatureConfig(turn_clip=300.0))["turn_clip"]) is int
+    # the configuration itself holds its fields as declared, where that loses nothing
+    stored = FeatureConfig(turn_scale=64, turn_clip=300.0, dex_features=1)  # type: ignore[arg-type]
+    assert (type(stored.turn_scale), type(stored.turn_clip), stored.dex_features) == (float, int, True)
+    assert FeatureConfig(turn_clip=300.5).turn_clip == 300.5  # type: ignore[arg-type]
+
+
+def test_row_kernels_write_their_columns_only_whatever_the_output_layout(
+    pre: Preprocessor, observations: list[dict[str, Any]]
+) -> None:
+    """``encode(..., column)`` into whole feature rows (C-contiguous: written in place) and into
+    a strided view (a contiguous block, then copied) give the same values and touch nothing
+    else."""
+    columns = columns_from_arrow(arrow_table(observations[:40]), "obs_")
+    for module, tables in ((dex, dex.default_tables()), (matchup_features, matchup_features.default_tables_v3())):
+        sources = {n: columns[n].reshape(40, -1) for n in module.SOURCES}
+        want = np.empty((40, module.WIDTH), np.float32)
+        module.encode(sources, want, tables)
+        rows = np.full((40, module.WIDTH + 5), 7.0, np.float32)
+        module.encode(sources, rows, tables, 3)
+        assert bitwise_equal(rows[:, 3:-2], want) and (rows[:, :3] == 7).all() and (rows[:, -2:] == 7).all()
+        strided = np.full((40, module.WIDTH + 5), 7.0, np.float32)
+        module.encode(sources, strided[:, 3:-2], tables)
+        assert bitwise_equal(strided, rows)
 
 
 def test_fingerprint_changes_with_layout(pre: Preprocessor, monkeypatch) -> None:

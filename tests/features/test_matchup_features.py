@@ -219,3 +219,15 @@ def test_unknown_species_give_zeros() -> None:
     assert all(v == 0.0 for v in _one().values())
     assert all(v == 0.0 for v in _one(active_species_id=S("azelf"), team_species=[S("azelf")],
                                       active_moves=[M("psychic")]).values())
+
+
+def test_the_integer_fiftieth_equals_the_float_floor() -> None:
+    """``_floor_fiftieth`` (an integer division below 2**48) against ``np.floor(x / 50)`` on
+    whole numbers around multiples of 50, near the bound, past it and at 0."""
+    floor_fiftieth = mf._floor_fiftieth  # numba's function once the kernel has compiled
+    floor_fiftieth = getattr(floor_fiftieth, "jitted", lambda: floor_fiftieth)()
+    edges = [0, 1, 49, 50, 51, 99, 100, 2**24, 2**47, 2**48 - 51, 2**48 - 50, 2**48 - 1, 2**48,
+             2**53 - 1, 2**60]
+    near = [50 * q + r for q in (1, 7, 12345, 2**40 // 50, 2**48 // 50 - 1) for r in (-1, 0, 1, 49)]
+    for x in map(float, edges + near):
+        assert floor_fiftieth(x) == np.floor(x / 50), x
