@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from poke_rl.feature_columns import compiled, compiled_inline
 from poke_rl.schema import NUM_ACTIONS
 
 LAYOUT_VERSION = 3
@@ -91,22 +92,15 @@ class StateLayout:
 
     def encode_states(self, ids: np.ndarray, num: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Feature rows (ids int16 [n, N_ID], num float32 [n, N_NUM], mask bool [n, 10]) → state
-        rows of ``states_dtype``, padding bytes zero. Flags are stored as the bits ``num != 0``."""
+        rows of ``states_dtype``, padding bytes zero. Flags are stored as the bits ``num != 0``,
+        the float16 columns rounded to nearest even as numpy's ``astype(float16)`` rounds them
+        (``_encode_rows``: one compiled pass over the rows, ~2.3 × numpy's gathers and casts)."""
         dtype = self.states_dtype()
         rows = np.zeros((len(num), dtype.itemsize), dtype=np.uint8)
-        # each group made contiguous, then copied into its bytes of every row (measured ~4x
-        # faster than assigning the fields of the structured array)
-        groups = {
-            "full": np.take(num, self.full, axis=1),
-            "half": np.take(num, self.half, axis=1).astype(np.float16),
-            "ids": np.ascontiguousarray(ids, dtype=np.int16),
-            "flags": np.packbits(np.take(num, self.flags, axis=1) != 0, axis=1, bitorder="little"),
-            "mask": np.ascontiguousarray(mask, dtype=bool),
-        }
-        for name, values in groups.items():
-            start = dtype.fields[name][1]
-            width = values.shape[1] * values.dtype.itemsize
-            rows[:, start : start + width] = values.view(np.uint8).reshape(len(num), width)
+        groups = [np.asarray(group, dtype=np.int64) for group in (self.full, self.half, self.flags)]
+        offsets = [dtype.fields[name][1] for name in STATE_FIELDS]
+        _encode_rows(np.ascontiguousarray(num, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int16),
+                     np.ascontiguousarray(mask, dtype=bool).view(np.uint8), *groups, rows, *offsets)
         return rows.view(dtype).reshape(len(num))
 
     def describe(self) -> dict[str, Any]:
@@ -182,3 +176,56 @@ def decode_states(states: np.ndarray, num_order: np.ndarray) -> tuple[np.ndarray
     num = np.empty_like(stored)
     num[:, num_order] = stored
     return np.ascontiguousarray(states["ids"]), num, states["mask"] != 0
+
+
+@compiled_inline
+def _half_bits(f: Any) -> Any:
+    """The float16 bits of float32 bits ``f`` (uint32), rounded to nearest even: numpy's
+    ``npy_floatbits_to_halfbits`` (equal to ``astype(float16)`` on every non-NaN float32)."""
+    sign = (f >> np.uint32(16)) & np.uint32(0x8000)
+    exp = f & np.uint32(0x7F800000)
+    sig = f & np.uint32(0x007FFFFF)
+    if exp >= np.uint32(0x47800000):  # too large for float16, infinite or NaN
+        if exp == np.uint32(0x7F800000) and sig != 0:
+            nan = np.uint32(0x7C00) + (sig >> np.uint32(13))
+            return sign + (nan + np.uint32(1) if nan == np.uint32(0x7C00) else nan)
+        return sign + np.uint32(0x7C00)
+    if exp <= np.uint32(0x38000000):  # a subnormal float16, or zero
+        if exp < np.uint32(0x33000000):
+            return sign
+        sig = sig + np.uint32(0x00800000)
+        shifted = sig >> (np.uint32(113) - (exp >> np.uint32(23)))
+        # round half to even, counting the bits the shift dropped
+        if (shifted & np.uint32(0x3FFF)) != np.uint32(0x1000) or (sig & np.uint32(0x7FF)) != 0:
+            shifted += np.uint32(0x1000)
+        return sign + (shifted >> np.uint32(13))
+    if (sig & np.uint32(0x3FFF)) != np.uint32(0x1000):
+        sig += np.uint32(0x1000)
+    # a carry out of the significand moves into the exponent: the right result, up to infinity
+    return sign + ((exp - np.uint32(0x38000000)) >> np.uint32(13)) + (sig >> np.uint32(13))
+
+
+@compiled
+def _encode_rows(num: Any, ids: Any, mask: Any, full: Any, half: Any, flags: Any, rows: Any,
+                 at_full: int, at_half: int, at_ids: int, at_flags: int, at_mask: int) -> None:
+    """``StateLayout.encode_states`` into ``rows`` (uint8 [n, itemsize], zeros), row by row."""
+    bits = num.view(np.uint32)
+    for r in range(num.shape[0]):
+        row = rows[r]
+        full_out = row[at_full : at_full + 4 * len(full)].view(np.float32)
+        for j in range(len(full)):
+            full_out[j] = num[r, full[j]]
+        half_out = row[at_half : at_half + 2 * len(half)].view(np.uint16)
+        for j in range(len(half)):
+            half_out[j] = _half_bits(bits[r, half[j]])
+        ids_out = row[at_ids : at_ids + 2 * ids.shape[1]].view(np.int16)
+        for j in range(ids.shape[1]):
+            ids_out[j] = ids[r, j]
+        for byte in range((len(flags) + 7) // 8):
+            value = 0
+            for k in range(min(8, len(flags) - 8 * byte)):
+                if num[r, flags[8 * byte + k]] != 0:
+                    value |= 1 << k
+            row[at_flags + byte] = value
+        for j in range(mask.shape[1]):
+            row[at_mask + j] = mask[r, j]
