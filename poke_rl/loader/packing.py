@@ -339,8 +339,9 @@ def layout_key(pieces: Sequence[tuple[Block, Any]]) -> tuple[tuple[int, int, int
     """The storage layout (``Block.layout_key``) all of a batch's pieces share; ``ShardError``
     when they do not (blocks of shards from different preps in one batch)."""
     key = pieces[0][0].layout_key
-    if any(block.layout_key != key for block, _ in pieces[1:]):
-        raise ShardError("blocks of different storage layouts in one split (shards from different preps)")
+    for block, _ in pieces:
+        if block.layout_key is not key and block.layout_key != key:
+            raise ShardError("blocks of different storage layouts in one split (shards from different preps)")
     return key
 
 
