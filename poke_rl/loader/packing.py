@@ -144,15 +144,9 @@ def decode_with_torch(data: torch.Tensor, layout: BatchLayout) -> Batch:
     return _batches(data, layout, ids.unsqueeze(0), num.unsqueeze(0), mask.unsqueeze(0))[0]
 
 
-def _state_rows(data: torch.Tensor, layout: BatchLayout, count: int = 1) -> torch.Tensor:
-    """The [2B, state bytes] state rows (states, then next states) at the head of ``data``; with
-    ``count`` those of that many consecutive batches of this layout, [count, 2B, state bytes]
-    (a strided view: each batch's transition fields lie between its rows and the next's)."""
-    size = 2 * layout.rows * layout.state_bytes
-    if count == 1:
-        return data[:size].view(2 * layout.rows, layout.state_bytes)
-    regions = data[: count * layout.nbytes].view(count, layout.nbytes)
-    return regions[:, :size].view(count, 2 * layout.rows, layout.state_bytes)
+def _state_rows(data: torch.Tensor, layout: BatchLayout) -> torch.Tensor:
+    """The batch's [2B, state bytes] state rows (states, then next states) at the head of ``data``."""
+    return data[: 2 * layout.rows * layout.state_bytes].view(2 * layout.rows, layout.state_bytes)
 
 
 def _batches(data: torch.Tensor, layout: BatchLayout, ids: torch.Tensor, num: torch.Tensor,
@@ -185,7 +179,7 @@ def _cpu_arguments(layout: BatchLayout) -> tuple[Any, ...]:
     (full_at, full), (half_at, half), (flags_at, _) = layout.full, layout.half, layout.flags
     order = np.frombuffer(layout.num_order, dtype=np.int16).astype(np.uint64)
     flags = layout.flag_columns  # tail: the byte of the flags past the whole bytes (if none, any: unused)
-    tail = flags_at + flags // 8 if flags % 8 else 0
+    tail = flags_at + flags // 8 if flags % 8 else 0  # all offsets from the row's start
     offsets = np.array([full_at // 4, half_at // 2, flags_at, layout.ids[0] // 2, layout.mask[0], tail], dtype=np.uint64)
     return (offsets, order[:full].copy(), order[full : full + half].copy(), order[full + half :].copy(),
             _half_table(), _bit_table(torch.device("cpu")).numpy())  # fmt: skip
@@ -194,48 +188,52 @@ def _cpu_arguments(layout: BatchLayout) -> tuple[Any, ...]:
 def _decode_on_cpu(data: torch.Tensor, layout: BatchLayout, count: int = 1) -> list[Batch]:
     """``decode`` on a CPU of ``count`` consecutive batches of ``layout`` at the head of ``data``
     in one compiled pass: their ``Batch``es, views of the [count, 2B, …] tensors they share."""
-    states = _state_rows(data, layout, count)
-    row_bytes = (states.unsqueeze(0) if count == 1 else states).numpy()
+    flat = data[: count * layout.nbytes].numpy()
     rows, (_, id_count), (_, actions) = 2 * layout.rows, layout.ids, layout.mask
     num = torch.empty(count, rows, len(layout.num_order) // 2, dtype=torch.float32)
     ids = torch.empty(count, rows, id_count, dtype=torch.int16)
     mask = torch.empty(count, rows, actions, dtype=torch.bool)
-    _decode_rows(row_bytes, row_bytes.view(np.uint16), row_bytes.view(np.float32), *_cpu_arguments(layout),
+    starts = np.arange(count, dtype=np.uint64) * np.uint64(layout.nbytes)
+    _decode_rows(flat, flat.view(np.uint16), flat.view(np.float32), starts, layout.state_bytes, *_cpu_arguments(layout),
                  num.numpy(), ids.numpy().view(np.uint16), mask.numpy().view(np.uint8))  # fmt: skip
     return _batches(data, layout, ids, num, mask)
 
 
 @compiled
-def _decode_rows(u8, u16, f32, offsets, full_to, half_to, flag_to, half_table, bit_table, num, ids, mask):
-    """State rows [batches, rows, bytes] (one byte array, viewed as uint16 and float32; offsets in
-    those units) → ``num`` in feature order (float32 columns copied, float16 ones through
-    ``half_table``, flag j, bit j % 8 of byte j // 8, through ``bit_table``, a byte's 8 at once),
-    ``ids`` and ``mask`` (copied), all [batches, rows, …]. One pass: ~2 × faster than torch's ~20
-    calls on a CPU (BENCHMARKS.md "Fourth pass"); with the ids and mask, ~20 % faster than their
-    two strided torch copies (a group of 8 batches, "Fifth pass")."""
-    full_at, half_at, flags_at, ids_at, mask_at, tail_at = offsets[0], offsets[1], offsets[2], offsets[3], offsets[4], offsets[5]
+def _decode_rows(u8, u16, f32, starts, width, offsets, full_to, half_to, flag_to, half_table, bit_table,
+                 num, ids, mask):  # fmt: skip
+    """The state rows of batches (batch b's row r at byte ``starts[b] + r * width`` of one byte
+    array, also viewed as uint16 and float32; the groups' offsets in those units) → ``num`` in
+    feature order (float32 columns copied, float16 ones through ``half_table``, flag j, bit j % 8
+    of byte j // 8, through ``bit_table``, a byte's 8 at once), ``ids`` and ``mask`` (copied), all
+    [batches, rows, …]. One pass: ~2 × faster than torch's ~20 calls on a CPU (BENCHMARKS.md
+    "Fourth pass"); all indices uint64 (no wraparound checks) into flat arrays: ~25 % and ~10 %
+    faster ("Fifth pass"); the ids and mask here: ~20 % faster than two strided torch copies."""
+    full_at, half_at, flags_at, ids_at, mask_at, tail_at = (offsets[0], offsets[1], offsets[2], offsets[3],
+                                                            offsets[4], offsets[5])  # fmt: skip
     full, half, flags = np.uint64(full_to.shape[0]), np.uint64(half_to.shape[0]), np.uint64(flag_to.shape[0])
     id_count, actions, eight = np.uint64(ids.shape[2]), np.uint64(mask.shape[2]), np.uint64(8)
-    whole = flags >> np.uint64(3)  # flag bytes with all 8 bits used
-    for b in range(u8.shape[0]):
-        for r in range(u8.shape[1]):
-            out, byte_row, half_row, full_row = num[b, r], u8[b, r], u16[b, r], f32[b, r]
+    whole, step, two, four = flags >> np.uint64(3), np.uint64(width), np.uint64(1), np.uint64(2)
+    for b in range(np.uint64(num.shape[0])):
+        for r in range(np.uint64(num.shape[1])):
+            start = starts[b] + r * step
+            out, at16, at32 = num[b, r], start >> two, start >> four
             for c in range(full):
-                out[full_to[c]] = full_row[full_at + c]
+                out[full_to[c]] = f32[at32 + full_at + c]
             for c in range(half):
-                out[half_to[c]] = half_table[half_row[half_at + c]]
+                out[half_to[c]] = half_table[u16[at16 + half_at + c]]
             for j in range(whole):  # a byte's 8 bits at once (a constant trip count: unrolled)
-                bits, first = bit_table[byte_row[flags_at + j]], j << np.uint64(3)
+                bits, first = bit_table[u8[start + flags_at + j]], j << np.uint64(3)
                 for k in range(eight):
                     out[flag_to[first + k]] = bits[k]
-            bits = bit_table[byte_row[tail_at]]  # the last, partly used flag byte (no branch: ~10 %
+            bits = bit_table[u8[start + tail_at]]  # the last, partly used flag byte (no branch: ~10 %
             for c in range(whole << np.uint64(3), flags):  # faster, measured)
                 out[flag_to[c]] = bits[c & np.uint64(7)]
             id_row, mask_row = ids[b, r], mask[b, r]
             for c in range(id_count):
-                id_row[c] = half_row[ids_at + c]
+                id_row[c] = u16[at16 + ids_at + c]
             for c in range(actions):
-                mask_row[c] = byte_row[mask_at + c]
+                mask_row[c] = u8[start + mask_at + c]
 
 
 class GroupDecode:
