@@ -1,4 +1,4 @@
-"""Batches as single byte tensors in storage dtypes, decoded by torch where they are used.
+"""Batches as single byte tensors in storage dtypes, decoded where they are used.
 
 ``gather_group`` copies the rows of several batches (lists of (block, rows) pieces, ``stages``)
 into one fresh uint8 tensor, in shared memory when a DataLoader worker makes it, so handing it to
@@ -7,13 +7,16 @@ rows holds, as bytes: the 2B state rows it refers to (its B states, then its B n
 the block's state dtype (``storage.states_dtype``), then its B transition records
 (``storage.TRANSITION_DTYPE``) as ``action`` int64, ``reward`` float32 and ``done`` bool (13 bytes of
 ~730 per row: written in their final dtypes, so the device makes no view of them but one each).
-Per piece that is three row takes of cached per-block byte views (the transition records into a
-scratch array, the states at their ``row``, the states at their ``next_row``), per batch three
-field copies; nothing about the layout is rebuilt per batch.
+Per piece that is three row takes of cached per-block byte views (the transition records into
+the group's scratch array, the states at their ``row``, the states at their ``next_row``), per
+batch three field copies; nothing about the layout is rebuilt per batch.
 
 ``PackedBatch.unpack`` decodes those bytes on their device into today's ``Batch``: float32 ``num``
-in feature order (float16 columns cast and flag bits looked up in a byte → 8 floats table by
-torch: on a GPU after the copy, which moves the compact bytes), int16 ids, int64 actions, bool done and masks.
+in feature order, int16 ids, int64 actions, bool done and masks. On a GPU torch does it after the
+copy, which moves the compact bytes (``decode_with_torch``). On a CPU one compiled pass
+(``_decode_rows``) does it for all the batches of a group that share a layout at once, on the
+first ``unpack`` of any of them (``GroupDecode``): the group's batches are views of the tensors
+that pass fills (BENCHMARKS.md, "Fifth pass: the loader").
 """
 
 from __future__ import annotations
