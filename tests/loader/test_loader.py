@@ -229,6 +229,8 @@ def test_batches_gathered_in_groups_are_those_of_one_at_a_time(output: Path) -> 
         assert len(runs[1]) > 9 and (make is L.train_loader or runs[1][-1].size < 16)
         assert_same(runs[3], runs[1])
         assert_same(runs[8], runs[1])
+    with pytest.raises(PokeRLError, match="batches_per_transfer 0 must be ≥ 1"):
+        L.LoaderConfig(batches_per_transfer=0)
     shared = {batch.num.untyped_storage().data_ptr() for batch in runs[8][:8]}
     assert len(shared) == 1 and runs[8][8].num.untyped_storage().data_ptr() not in shared
     config = L.LoaderConfig(batch_size=16, seed=5, shuffle_blocks=3, batches_per_transfer=3)
