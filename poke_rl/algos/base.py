@@ -8,13 +8,16 @@ decides when to read them (one host sync per log interval).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from poke_rl.batch import Batch
+from poke_rl.algos.masked import check_masks, should_check
+from poke_rl.algos.networks import ModelConfig, maybe_compile
+from poke_rl.batch import Batch, FeatureSpec
 
 
 class Algorithm(Protocol):
@@ -69,3 +72,41 @@ class Algorithm(Protocol):
     def load_bc(self, bc_state: dict[str, Any]) -> None:
         """Initialise from a BC algorithm's ``state_dict()`` (what transfers: see each class)."""
         ...
+
+
+class Losses(abc.ABC):
+    """What BC, IQL and CQL build alike around their own networks: the constructor's four
+    fields (``start``), the per-step mask check and the (compiled) loss function ``update``
+    calls (``ready``, ``losses_through``, ``checked_losses``). A subclass defines
+    ``compute_losses`` and calls ``start`` first and ``ready`` last in its ``__init__``."""
+
+    config: Any
+
+    def start(self, feature_spec: FeatureSpec, model_config: ModelConfig, config: Any,
+              device: torch.device | str) -> None:
+        self.feature_spec = feature_spec
+        self.model_config = model_config
+        self.config = config
+        self.device = torch.device(device)
+
+    def ready(self) -> None:
+        self._check = should_check(self.device, self.config.debug_checks)
+        self.losses_through(None)
+
+    @abc.abstractmethod
+    def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Each algorithm's own (``Algorithm.compute_losses``)."""
+
+    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
+        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
+        when the config says so; under torchrun, the DDP module whose forward is
+        ``compute_losses`` (``poke_rl.train.distributed``)."""
+        own = forward if forward is not None else self.compute_losses
+        self._losses = maybe_compile(own, self.config.compile, self.device)
+
+    def checked_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """``update``'s losses of ``batch``, its masks checked first where ``should_check``."""
+        if self._check:
+            check_masks(batch.mask, batch.action)
+        return self._losses(batch)
+

@@ -5,18 +5,17 @@ Greedy action: argmax of the masked policy logits.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from poke_rl.algos.base import Losses
 from poke_rl.algos.masked import (
     check_masks,
     masked_argmax,
     masked_cross_entropy,
     masked_entropy,
-    should_check,
 )
 from poke_rl.algos.networks import (
     ModelConfig,
@@ -27,7 +26,6 @@ from poke_rl.algos.networks import (
     load_algorithm_state,
     load_module,
     make_adam,
-    maybe_compile,
     seeded_init,
 )
 from poke_rl.batch import Batch, FeatureSpec
@@ -47,7 +45,7 @@ def bc_loss(logits: torch.Tensor, mask: torch.Tensor, action: torch.Tensor) -> t
     return masked_cross_entropy(logits, mask, action).mean()
 
 
-class BC:
+class BC(Losses):
     name = "bc"
 
     def __init__(
@@ -57,35 +55,22 @@ class BC:
         config: BCConfig = BCConfig(),
         device: torch.device | str = "cpu",
     ) -> None:
-        self.feature_spec = feature_spec
-        self.model_config = model_config
-        self.config = config
-        self.device = torch.device(device)
+        self.start(feature_spec, model_config, config, device)
         with seeded_init(config.seed):
             self.policy = StateNetwork(feature_spec, model_config, NUM_ACTIONS).to(self.device)
         self.policy_optimizer = make_adam(
             self.policy.parameters(), config.lr, model_config.weight_decay
         )
-        self._check = should_check(self.device, config.debug_checks)
-        self.losses_through(None)
+        self.ready()
 
     def compute_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """The loss of one update, from the policy."""
         logits = self.policy(batch.ids, batch.num)
         return {"loss": bc_loss(logits, batch.mask, batch.action)}
 
-    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
-        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
-        when the config says so; under torchrun, the DDP module whose forward is
-        ``compute_losses`` (``poke_rl.train.distributed``)."""
-        own = forward if forward is not None else self.compute_losses
-        self._losses = maybe_compile(own, self.config.compile, self.device)
-
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step; metrics are 0-dim tensors on the device (no host sync)."""
-        if self._check:
-            check_masks(batch.mask, batch.action)
-        losses = self._losses(batch)
+        losses = self.checked_losses(batch)
         self.policy_optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.policy_optimizer.step()

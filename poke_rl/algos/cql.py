@@ -11,13 +11,13 @@ averaging every step. The policy is greedy on the masked min(Q1, Q2); there is n
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from poke_rl.algos.base import Losses
 from poke_rl.algos.masked import (
     bellman_target,
     check_batch,
@@ -26,7 +26,6 @@ from poke_rl.algos.masked import (
     masked_argmax,
     masked_logsumexp,
     masked_max,
-    should_check,
 )
 from poke_rl.algos.networks import (
     ModelConfig,
@@ -38,7 +37,6 @@ from poke_rl.algos.networks import (
     load_module,
     make_adam,
     make_target,
-    maybe_compile,
     polyak_update,
     seeded_init,
 )
@@ -84,7 +82,7 @@ def cql_head_loss(
     return td, cql_penalty(q, mask, action)
 
 
-class CQL:
+class CQL(Losses):
     name = "cql"
 
     def __init__(
@@ -94,18 +92,14 @@ class CQL:
         config: CQLConfig = CQLConfig(),
         device: torch.device | str = "cpu",
     ) -> None:
-        self.feature_spec = feature_spec
-        self.model_config = model_config
-        self.config = config
-        self.device = torch.device(device)
+        self.start(feature_spec, model_config, config, device)
         with seeded_init(config.seed):
             self.q = TwinQ(feature_spec, model_config).to(self.device)
         self.q_target = make_target(self.q)
         self.q_optimizer = make_adam(
             self.q.parameters(), config.lr, model_config.weight_decay
         )
-        self._check = should_check(self.device, config.debug_checks)
-        self.losses_through(None)
+        self.ready()
 
     def td_target(self, batch: Batch) -> torch.Tensor:
         """The double-DQN target y over legal next actions, [B], without gradient."""
@@ -138,18 +132,9 @@ class CQL:
             "q_data": gather_action(torch.minimum(q1, q2), batch.action).detach().mean(),
         }
 
-    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
-        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
-        when the config says so; under torchrun, the DDP module whose forward is
-        ``compute_losses`` (``poke_rl.train.distributed``)."""
-        own = forward if forward is not None else self.compute_losses
-        self._losses = maybe_compile(own, self.config.compile, self.device)
-
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One step of both Q heads, then Polyak; metrics are 0-dim device tensors."""
-        if self._check:
-            check_masks(batch.mask, batch.action)
-        losses = self._losses(batch)
+        losses = self.checked_losses(batch)
         self.q_optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         self.q_optimizer.step()

@@ -12,13 +12,13 @@ Polyak averaging every step. Greedy action: argmax of the masked policy logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from poke_rl.algos.base import Losses
 from poke_rl.algos.masked import (
     bellman_target,
     check_batch,
@@ -28,7 +28,6 @@ from poke_rl.algos.masked import (
     masked_cross_entropy,
     masked_entropy,
     masked_max,
-    should_check,
 )
 from poke_rl.algos.networks import (
     ModelConfig,
@@ -41,7 +40,6 @@ from poke_rl.algos.networks import (
     load_module,
     make_adam,
     make_target,
-    maybe_compile,
     polyak_update,
     seeded_init,
 )
@@ -94,7 +92,7 @@ def awr_policy_loss(
     return (weights * masked_cross_entropy(logits, mask, action)).mean()
 
 
-class IQL:
+class IQL(Losses):
     name = "iql"
 
     def __init__(
@@ -104,10 +102,7 @@ class IQL:
         config: IQLConfig = IQLConfig(),
         device: torch.device | str = "cpu",
     ) -> None:
-        self.feature_spec = feature_spec
-        self.model_config = model_config
-        self.config = config
-        self.device = torch.device(device)
+        self.start(feature_spec, model_config, config, device)
         with seeded_init(config.seed):
             self.policy = StateNetwork(feature_spec, model_config, NUM_ACTIONS).to(self.device)
             self.q = TwinQ(feature_spec, model_config).to(self.device)
@@ -122,8 +117,7 @@ class IQL:
         self.policy_optimizer = make_adam(
             self.policy.parameters(), config.lr, model_config.weight_decay
         )
-        self._check = should_check(self.device, config.debug_checks)
-        self.losses_through(None)
+        self.ready()
 
     def td_target(self, batch: Batch) -> torch.Tensor:
         """r + gamma * V(s') from the online V, 0 after a terminal, [B], without gradient."""
@@ -161,18 +155,9 @@ class IQL:
             "advantage_mean": advantage.detach().mean(),
         }
 
-    def losses_through(self, forward: Callable[[Batch], dict[str, torch.Tensor]] | None) -> None:
-        """``update`` computes its losses with ``forward`` (None: ``compute_losses``), compiled
-        when the config says so; under torchrun, the DDP module whose forward is
-        ``compute_losses`` (``poke_rl.train.distributed``)."""
-        own = forward if forward is not None else self.compute_losses
-        self._losses = maybe_compile(own, self.config.compile, self.device)
-
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One step of V, Q and policy, then Polyak; metrics are 0-dim device tensors."""
-        if self._check:
-            check_masks(batch.mask, batch.action)
-        losses = self._losses(batch)
+        losses = self.checked_losses(batch)
         for optimizer in self.optimizers():
             optimizer.zero_grad(set_to_none=True)
         (losses["v_loss"] + losses["q_loss"] + losses["policy_loss"]).backward()

@@ -30,7 +30,7 @@ from poke_rl import manifest as manifest_mod
 from poke_rl.batch import Batch
 from poke_rl.cache import cache_root
 from poke_rl.errors import PokeRLError
-from poke_rl.loader.packing import PackedBatch, PackedGroup, gather_group
+from poke_rl.loader.packing import PackedBatch, PackedGroup, gather_group, layout_key
 from poke_rl.loader.plan import EpochPlan, epoch_plan, interleave_counts, interleave_order
 from poke_rl.loader.stages import (
     Block,
@@ -61,7 +61,7 @@ class LoaderConfig:
     mix_blocks: int = 4  # blocks each training batch draws its rows from
     num_workers: int = 0  # DataLoader worker processes; 0 reads in the main process
     prefetch_factor: int = 2  # transfers in flight per worker
-    batches_per_transfer: int = 8  # batches a worker hands over at once (one tensor)
+    batches_per_transfer: int = 8  # batches gathered and decoded at once (one tensor, one transfer)
     skip_corrupt: bool = False  # warn and skip a bad shard instead of raising ShardError
     verify: bool = True  # check each shard's sha256 against the manifest on its first read
     cache_dir: str | None = None  # shard cache of a URL source (None: cache.cache_root())
@@ -69,11 +69,12 @@ class LoaderConfig:
     world_size: int | None = None
 
     def __post_init__(self) -> None:
-        if min(self.batch_size, self.shuffle_blocks, self.mix_blocks) < 1 or self.num_workers < 0:
+        sizes = (self.batch_size, self.shuffle_blocks, self.mix_blocks, self.batches_per_transfer)
+        if min(sizes) < 1 or self.num_workers < 0:
             raise PokeRLError(
                 f"bad loader config: batch_size {self.batch_size}, shuffle_blocks "
-                f"{self.shuffle_blocks} and mix_blocks {self.mix_blocks} must be ≥ 1, "
-                f"num_workers {self.num_workers} ≥ 0"
+                f"{self.shuffle_blocks}, mix_blocks {self.mix_blocks} and batches_per_transfer "
+                f"{self.batches_per_transfer} must be ≥ 1, num_workers {self.num_workers} ≥ 0"
             )
 
 
@@ -130,15 +131,29 @@ class ShardStream(IterableDataset):
     def stream(
         self, epoch: int, worker: int, skip: int, quota: int, *, shared: bool = False
     ) -> Iterator[PackedGroup]:
-        """Batches ``skip``..``quota`` of one worker's stream in one epoch, in groups."""
+        """Batches ``skip``..``quota`` of one worker's stream in one epoch, in groups of
+        ``batches_per_transfer`` (with 0 workers too: one gather and one decode a group). An
+        error while cutting a group (a bad shard, a batch mixing layouts) is raised after the
+        group of the complete batches before it, so they arrive as they would one by one."""
         shards = [self.locations[i] for i in self.plan(epoch).shards[self.rank][worker]]
         skipped = SkipCounter()
         pieces = self._passes(shards, epoch, worker, skipped)
-        per_transfer = self.config.batches_per_transfer if shared else 1
         wanted = itertools.islice(pieces, skip, quota)
         try:
-            while group := list(itertools.islice(wanted, per_transfer)):
-                yield gather_group(group, shared=shared, worker=worker, skipped=len(skipped))
+            while True:
+                group, error = [], None
+                try:
+                    for batch in itertools.islice(wanted, self.config.batches_per_transfer):
+                        layout_key(batch)  # raises ShardError for a batch mixing layouts
+                        group.append(batch)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the batches before it
+                    error = exc
+                if group:
+                    yield gather_group(group, shared=shared, worker=worker, skipped=len(skipped))
+                if error is not None:
+                    raise error
+                if len(group) < self.config.batches_per_transfer:
+                    return
         finally:
             pieces.close()
 

@@ -4,6 +4,7 @@ wrapper (CPU paths). The pure stages alone: ``test_loader_stages``."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from poke_rl import loader as L
+from poke_rl import storage
 from poke_rl.batch import Batch
 from poke_rl.errors import PokeRLError
 from poke_rl.manifest import load_manifest, new_manifest, write_manifest
@@ -215,6 +217,44 @@ def test_changed_settings_on_resume_warn(output: Path) -> None:
     with pytest.warns(UserWarning, match="seed"):
         other.load_state_dict(first.state_dict())
     assert (other.epoch, other.batches_done) == (0, 3)
+
+
+def test_batches_gathered_in_groups_are_those_of_one_at_a_time(output: Path) -> None:
+    """With 0 workers too the stream gathers and decodes ``batches_per_transfer`` batches at once:
+    the same batches as one at a time, in training, in validation (whose smaller last batch is a
+    second layout inside its group) and resumed inside a group; a group's batches share tensors."""
+    for make in (L.train_loader, L.val_loader):
+        runs = {k: list(make(output, FINGERPRINT, L.LoaderConfig(batch_size=16, seed=5, shuffle_blocks=3,
+                                                                 batches_per_transfer=k))) for k in (1, 3, 8)}  # fmt: skip
+        assert len(runs[1]) > 9 and (make is L.train_loader or runs[1][-1].size < 16)
+        assert_same(runs[3], runs[1])
+        assert_same(runs[8], runs[1])
+    with pytest.raises(PokeRLError, match="batches_per_transfer 0 must be ≥ 1"):
+        L.LoaderConfig(batches_per_transfer=0)
+    shared = {batch.num.untyped_storage().data_ptr() for batch in runs[8][:8]}
+    assert len(shared) == 1 and runs[8][8].num.untyped_storage().data_ptr() not in shared
+    config = L.LoaderConfig(batch_size=16, seed=5, shuffle_blocks=3, batches_per_transfer=3)
+    one_by_one = list(L.train_loader(output, FINGERPRINT, dataclasses.replace(config, batches_per_transfer=1)))
+    first = L.train_loader(output, FINGERPRINT, config)
+    take(iter(first), 4)  # the second group's first batch
+    resumed = L.train_loader(output, FINGERPRINT, config)
+    resumed.load_state_dict(first.state_dict())
+    assert_same(list(resumed), one_by_one[4:])
+
+
+def test_a_batch_mixing_storage_layouts_raises_after_the_batches_before_it(tmp_path: Path) -> None:
+    out = make_output(tmp_path, {"val": [[20], [20]], "train": [[16]]})
+    manifest = load_manifest(out)
+    entry = manifest["splits"]["val"]["shards"][1]
+    arrays = make_block(20, 20).decode()  # the second shard's columns 4 as float16: another layout
+    layout = storage.StateLayout(N_ID, (0, 1, 2, 3), (4,), ())
+    entry["bytes"], entry["sha256"] = write_shard(out / entry["path"], [block_from_transitions(arrays, layout)])
+    write_manifest(out, manifest)
+    seen = []
+    with pytest.raises(ShardError, match="different storage layouts"):
+        for batch in L.val_loader(out, FINGERPRINT, L.LoaderConfig(batch_size=8)):
+            seen.append(uids(batch))
+    assert seen == [list(range(8)), list(range(8, 16))]  # batch 3 holds rows of both shards
 
 
 # ------------------------------------------------------------------------------ validation

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from test_loader import make_block, uids
 
@@ -92,18 +93,21 @@ def test_interleave_blocks_takes_chunks_in_turn() -> None:
                       ("c", [2])]
 
 
-def test_compiled_cpu_decode_equals_torch_decode_and_the_reference() -> None:
+@pytest.mark.parametrize("flags", [11, 8])
+def test_compiled_cpu_decode_equals_torch_decode_and_the_reference(flags: int) -> None:
     """``packing.decode`` on a CPU (one compiled pass) gives the bits of the torch calls it
     replaces there (``decode_with_torch``, what other devices run) and of ``Block.decode``, for
-    every storage group at once: float32, float16 and 11 flag bits (not a whole byte) in a shuffled
-    feature order, signed ids, masks; rows taken out of order from two blocks."""
+    every storage group at once: float32, float16 and 11 flag bits (not a whole byte) or 8 in a
+    shuffled feature order, signed ids, masks; rows taken out of order from two blocks. So does a
+    group of batches decoded at once (``PackedGroup.split``: a run of two, then another layout)."""
     rng = np.random.default_rng(5)
     order = rng.permutation(17)
-    layout = storage.StateLayout(3, tuple(order[:4]), tuple(order[4:6]), tuple(order[6:]))
+    half_end = 17 - flags
+    layout = storage.StateLayout(3, tuple(order[:4]), tuple(order[4:half_end]), tuple(order[half_end:]))
     blocks = []
     for _ in range(2):
         num = rng.standard_normal((9, 17)).astype(np.float32)
-        num[:, list(layout.flags)] = rng.random((9, 11)) < 0.5
+        num[:, list(layout.flags)] = rng.random((9, flags)) < 0.5
         num[:, list(layout.half)] = num[:, list(layout.half)].astype(np.float16)
         mask = rng.random((9, 10)) < 0.5
         arrays = {"ids": rng.integers(-300, 300, (9, 3)).astype(np.int16), "num": num,
@@ -120,3 +124,10 @@ def test_compiled_cpu_decode_equals_torch_decode_and_the_reference() -> None:
         assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b), name
         assert np.array_equal(a.numpy(), expected[name]), name
     assert compiled.num[:, list(layout.flags)].unique().tolist() == [0.0, 1.0]
+    group = packing.gather_group([pieces, pieces[::-1], pieces[1:]]).split()
+    assert [part.rows for part in group] == [9, 9, 6] and len({id(part.group) for part in group}) == 1
+    for part in group:
+        by_torch = packing.decode_with_torch(part.data, part.layout)
+        for name, a, b in zip(FIELDS, part.unpack(), by_torch, strict=True):
+            assert a.dtype == b.dtype and a.is_contiguous() and torch.equal(a, b), name
+    assert torch.equal(group[0].unpack().num, compiled.num)
