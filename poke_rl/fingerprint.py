@@ -3,7 +3,9 @@
 The fingerprint hashes the preprocessor's explicit version, its configuration, its output layout
 (features and tensor storage, ``storage.LAYOUT_VERSION`` included) and the normalised syntax tree
 of the feature code: a code change is never missed, a comment or formatting change rebuilds
-nothing. The configuration is read field by field as its declared type (``normalised_config``).
+nothing. The configuration is hashed as its fields hold it: ``features.FeatureConfig`` stores
+each in its declared type where that loses nothing, so ``turn_scale=100`` and ``100.0`` are one
+configuration and one fingerprint.
 ``features`` names the source files and calls these.
 """
 
@@ -14,7 +16,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,27 +66,6 @@ def _canonical(node: object) -> str:
     return f"{type(node).__name__}:{node!r}"
 
 
-_SCALARS = {bool: bool, int: int, float: float, str: str}
-
-
-def normalised_config(config: Any) -> dict[str, Any]:
-    """A dataclass configuration as the fingerprint reads it: each field converted to its
-    declared scalar type, so configurations that compare equal (``turn_scale=100`` and
-    ``100.0``) serialise, hence fingerprint, the same. Only a lossless conversion is made: a
-    value the declared type would change (``1.5`` in an ``int`` field) is kept as is, so
-    configurations that differ never share a fingerprint. A field of another type is kept too."""
-    hints = typing.get_type_hints(type(config))
-    values = dataclasses.asdict(config)
-    for item in dataclasses.fields(config):
-        convert = _SCALARS.get(hints.get(item.name))  # type: ignore[arg-type]
-        value = values[item.name]
-        if convert is not None and isinstance(value, (bool, int, float, str)):
-            converted = convert(value)
-            if converted == value:
-                values[item.name] = converted
-    return values
-
-
 def compute_fingerprint(
     name: str, version: int, config: Any, layout: Mapping[str, Any], sources: bytes
 ) -> str:
@@ -93,7 +73,7 @@ def compute_fingerprint(
     header = {
         "name": name,
         "version": int(version),
-        "config": normalised_config(config),
+        "config": dataclasses.asdict(config),
         "config_type": type(config).__name__,
         "layout": layout,
     }

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from poke_rl import dex, features, matchup_features, schema
 from poke_rl.batch import FIELDS, FeatureSpec
 from poke_rl.features import FeatureConfig, Preprocessor, columns_from_arrow
-from poke_rl.fingerprint import normalised_config
 
 REPO = Path(__file__).resolve().parents[2]
 V2_NUM = 1 + 12 + 30 + 24 + 62 + 15 + 3  # version, levels, stats, pp, volatile bits, turns, request
@@ -464,14 +463,13 @@ def test_equal_configurations_have_equal_fingerprints(pre: Preprocessor) -> None
     # each field read as its declared type: 100 and 100.0 are one configuration
     as_int = FeatureConfig(turn_scale=100)
     assert as_int == FeatureConfig() and Preprocessor(as_int).fingerprint == pre.fingerprint
-    assert normalised_config(as_int) == normalised_config(FeatureConfig())
-    assert type(normalised_config(as_int)["turn_scale"]) is float
+    assert dataclasses.asdict(as_int) == dataclasses.asdict(FeatureConfig())
+    assert type(as_int.turn_scale) is float
     assert Preprocessor(FeatureConfig(turn_scale=64)).fingerprint == Preprocessor(
         FeatureConfig(turn_scale=64.0)).fingerprint != pre.fingerprint
     # a lossy conversion is never made: 300.5 in the int field turn_clip is another configuration
-    assert normalised_config(FeatureConfig(turn_clip=300.5))["turn_clip"] == 300.5
     assert Preprocessor(FeatureConfig(turn_clip=300.5)).fingerprint != pre.fingerprint
-    assert type(normalised_config(FeatureConfig(turn_clip=300.0))["turn_clip"]) is int
+    assert type(FeatureConfig(turn_clip=300.0).turn_clip) is int  # type: ignore[arg-type]
     # the configuration itself holds its fields as declared, where that loses nothing
     stored = FeatureConfig(turn_scale=64, turn_clip=300.0, dex_features=1)  # type: ignore[arg-type]
     assert (type(stored.turn_scale), type(stored.turn_clip), stored.dex_features) == (float, int, True)
