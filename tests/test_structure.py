@@ -128,3 +128,14 @@ def test_architecture_names_every_part_and_who_uses_it() -> None:
         if name == "cli":
             expected = {"users"}
         assert users == expected, name
+
+
+def test_test_files_have_unique_names() -> None:
+    # the test folders are not packages: pytest imports each file by its basename, so two files
+    # of one name in different folders stop the whole collection ("import file mismatch")
+    tests = Path(__file__).resolve().parent
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a name"
+        seen[path.name] = path
+    assert len(seen) > 50  # the walk found the suite
